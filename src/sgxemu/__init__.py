@@ -1,0 +1,3 @@
+"""sgxemu: a faithful emulator of Intel SGX2 and the Linux SGX driver ABI."""
+
+__version__ = "0.1.0"

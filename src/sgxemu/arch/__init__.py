@@ -1,0 +1,1 @@
+"""Architectural constants and byte-exact structures, shared by every layer."""
