@@ -1,0 +1,1 @@
+"""Enclave image loaders: turn an enclave file into the pages to EADD."""
