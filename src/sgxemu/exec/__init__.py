@@ -1,0 +1,1 @@
+"""How enclave code runs: natively (x86-64 on Unicorn) or as scripted Python enclaves."""

@@ -1,0 +1,1 @@
+"""ENCLS leaves (ring 0), one module per leaf."""

@@ -1,0 +1,1 @@
+"""ENCLU leaves (ring 3), one module per leaf, and the asynchronous enclave exit."""

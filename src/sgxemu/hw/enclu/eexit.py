@@ -1,0 +1,29 @@
+"""EEXIT: leave the enclave to RBX; RCX receives the AEP (SDM EEXIT, spec 4.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...arch.constants import EncluLeaf
+from ..enclave_mode import leave
+from ..faults import GeneralProtection
+from ..leaves import enclu_leaf
+from ..regs import Reg
+
+if TYPE_CHECKING:
+    from ..lp import LogicalProcessor
+    from ..memory import AddressSpace
+    from ..processor import Processor
+    from ..regs import RegisterFile
+
+
+@enclu_leaf(EncluLeaf.EEXIT)
+def eexit(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
+    target = regs[Reg.RBX]
+    top = target >> 47
+    if top not in (0, (1 << 17) - 1):
+        raise GeneralProtection()
+    aep = lp.aep
+    leave(cpu, lp, regs)
+    regs[Reg.RIP] = target
+    regs[Reg.RCX] = aep  # RAX keeps 4; no other register changes: the runtime scrubs them

@@ -1,0 +1,96 @@
+"""What the processor needs from the world outside the EPC: page tables and untrusted memory.
+
+The processor model never owns an address space. Whoever runs code (the kernel model for ENCLS,
+a process for ENCLU) hands it an `AddressSpace`: the page-table entry of a linear address, and
+reads/writes of memory that is not EPC. Entries use the x86-64 PTE format so the rules stay the
+SDM's: P, R/W, U/S, XD and the physical frame.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..arch.constants import PAGE_MASK, PAGE_SIZE
+
+PTE_P = 1 << 0
+PTE_W = 1 << 1
+PTE_U = 1 << 2
+PTE_A = 1 << 5
+PTE_D = 1 << 6
+PTE_XD = 1 << 63
+PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+
+
+class AddressSpace(Protocol):
+    """The page tables and non-EPC memory seen by one logical processor."""
+
+    def translate(self, lin: int) -> int:
+        """The PTE mapping the page of `lin` (0 when not present)."""
+        ...
+
+    def read(self, lin: int, size: int) -> bytes:
+        """Read non-EPC memory at a linear address (the caller has checked the PTE)."""
+        ...
+
+    def write(self, lin: int, data: bytes) -> None:
+        """Write non-EPC memory at a linear address (the caller has checked the PTE)."""
+        ...
+
+
+class FlatMemory:
+    """A simple address space: EPC identity-mapped, every other address backed on demand.
+
+    It is what kernel code sees through its direct map, and what unit tests use as a process.
+    `user` sets the U/S bit of every entry (True for a process, False for kernel memory).
+    """
+
+    def __init__(self, epc_base: int, epc_end: int, *, user: bool = True) -> None:
+        self.epc_base = epc_base
+        self.epc_end = epc_end
+        self._flags = PTE_P | PTE_W | (PTE_U if user else 0)
+        self._pages: dict[int, bytearray] = {}
+        self._overrides: dict[int, int] = {}
+
+    def translate(self, lin: int) -> int:
+        page = lin & PAGE_MASK
+        pte = self._overrides.get(page)
+        if pte is not None:
+            return pte
+        if self.epc_base <= page < self.epc_end:
+            return page | self._flags
+        return self._flags  # non-EPC: the frame number is irrelevant to the SGX model
+
+    def set_pte(self, lin: int, pte: int | None) -> None:
+        """Override the entry of one page (None restores the default mapping)."""
+        page = lin & PAGE_MASK
+        if pte is None:
+            self._overrides.pop(page, None)
+        else:
+            self._overrides[page] = pte
+
+    def _page(self, lin: int) -> bytearray:
+        page = lin & PAGE_MASK
+        buf = self._pages.get(page)
+        if buf is None:
+            buf = self._pages[page] = bytearray(PAGE_SIZE)
+        return buf
+
+    def read(self, lin: int, size: int) -> bytes:
+        out = bytearray()
+        while size > 0:
+            off = lin & (PAGE_SIZE - 1)
+            n = min(size, PAGE_SIZE - off)
+            buf = self._pages.get(lin & PAGE_MASK)
+            out += buf[off : off + n] if buf is not None else bytes(n)
+            lin += n
+            size -= n
+        return bytes(out)
+
+    def write(self, lin: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            off = lin & (PAGE_SIZE - 1)
+            n = min(len(data) - pos, PAGE_SIZE - off)
+            self._page(lin)[off : off + n] = data[pos : pos + n]
+            lin += n
+            pos += n

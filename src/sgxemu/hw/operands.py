@@ -1,0 +1,90 @@
+"""Operand access shared by the leaves: resolve an address to an EPC page, or read memory.
+
+SDM 38.5.3: explicit operands go through paging and raise the normal faults; "does not resolve
+within an EPC" raises #PF. Error codes for that last case are not given by the SDM: this model
+reports P | SGX (plus W/U as the access is) [choice, docs/hardware-model.md].
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..arch.constants import PAGE_MASK, PfErrorCode
+from .faults import GeneralProtection, PageFault
+from .memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, AddressSpace
+
+if TYPE_CHECKING:
+    from .processor import Processor
+
+_P = int(PfErrorCode.P)
+_W = int(PfErrorCode.W)
+_U = int(PfErrorCode.U)
+_SGX = int(PfErrorCode.SGX)
+
+
+def require_aligned(addr: int, alignment: int) -> None:
+    """#GP(0) unless `addr` is a multiple of `alignment`."""
+    if addr & (alignment - 1):
+        raise GeneralProtection()
+
+
+def translate(mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
+    """Walk the page tables for an explicit operand: the PTE, or an ordinary #PF."""
+    pte = mem.translate(lin)
+    code = (_W if write else 0) | (_U if user else 0)
+    if not pte & PTE_P:
+        raise PageFault(lin, code)
+    if (write and not pte & PTE_W) or (user and not pte & PTE_U):
+        raise PageFault(lin, code | _P)
+    return pte
+
+
+def epc_page(cpu: Processor, mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
+    """EPC index of the page an operand names; #PF when it does not resolve within the EPC."""
+    pte = translate(mem, lin, write, user)
+    index = cpu.epc.index(pte & PTE_ADDR_MASK)
+    if index < 0:
+        raise PageFault(lin, _P | _SGX | (_W if write else 0) | (_U if user else 0))
+    return index
+
+
+def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: bool) -> bytes:
+    """Read a non-enclave operand (PAGEINFO, SECINFO, a source page, SIGSTRUCT, ...).
+
+    Outside enclave mode EPC reads as all ones (abort-page semantics, SDM 38.5.1 / spec 6.2).
+    """
+    pte = translate(mem, lin, False, user)
+    if cpu.epc.index(pte & PTE_ADDR_MASK) >= 0:
+        return b"\xff" * size
+    if (lin & ~PAGE_MASK) + size > 4096:
+        translate(mem, (lin & PAGE_MASK) + 4096, False, user)
+    return mem.read(lin, size)
+
+
+def write_operand(cpu: Processor, mem: AddressSpace, lin: int, data: bytes, user: bool) -> None:
+    """Write a non-enclave operand (EWB's page and PCMD, PAGEINFO.LINADDR). EPC writes drop."""
+    pte = translate(mem, lin, True, user)
+    if cpu.epc.index(pte & PTE_ADDR_MASK) >= 0:
+        return
+    if (lin & ~PAGE_MASK) + len(data) > 4096:
+        translate(mem, (lin & PAGE_MASK) + 4096, True, user)
+    mem.write(lin, data)
+
+
+_PAGEINFO = struct.Struct("<4Q")
+
+
+def read_pageinfo(cpu: Processor, mem: AddressSpace, lin: int) -> tuple[int, int, int, int]:
+    """PAGEINFO at `lin`: (LINADDR, SRCPGE, SECINFO or PCMD, SECS)."""
+    linaddr, srcpge, secinfo, secs = _PAGEINFO.unpack(read_operand(cpu, mem, lin, 32, False))
+    return linaddr, srcpge, secinfo, secs
+
+
+def read_u64(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 8], "little")
+
+
+def epcm_fault(lin: int, write: bool = False, user: bool = False) -> PageFault:
+    """The #PF a leaf raises when an operand's EPCM entry is wrong: P | SGX (+ W, U)."""
+    return PageFault(lin, _P | _SGX | (_W if write else 0) | (_U if user else 0))
