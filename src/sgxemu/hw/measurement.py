@@ -12,6 +12,7 @@ import struct
 from typing import Final
 
 from sgxemu.arch.constants import EEXTEND_CHUNK
+from sgxemu.arch.structs import Buffer
 
 MEAS_BLOCK_SIZE: Final = 64
 # Blocks hashed per EEXTEND: its header plus 256 data bytes (SDM EEXTEND).
@@ -24,8 +25,6 @@ _EEXTEND: Final = struct.Struct("<8sQ48x")  # tag, offset u64, zeros
 
 _U32_MAX: Final = (1 << 32) - 1
 _U64_MAX: Final = (1 << 64) - 1
-
-Chunk = bytes | bytearray | memoryview
 
 
 def _check_range(name: str, value: int, maximum: int) -> None:
@@ -87,7 +86,7 @@ class MeasurementState:
         self._h.update(eadd_block(offset, secinfo_flags))
         self.update_counter += 1
 
-    def eextend(self, offset: int, chunk256: Chunk) -> None:
+    def eextend(self, offset: int, chunk256: Buffer) -> None:
         """Hash the EEXTEND header and 256 data bytes (SDM EEXTEND); counter += 5."""
         if len(chunk256) != EEXTEND_CHUNK:
             raise ValueError(f"EEXTEND chunk must be {EEXTEND_CHUNK} bytes, got {len(chunk256)}")
