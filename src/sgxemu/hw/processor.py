@@ -8,6 +8,7 @@ registers, or a modelled fault.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 
 from ..arch.constants import (
@@ -35,6 +36,9 @@ from .regs import ARITH_FLAGS, CF, ZF, Reg, RegisterFile
 from .secs import SecsState
 
 MIB = 1 << 20
+
+# Every processor not yet collected: the invariant checker visits them after each test.
+live_processors: weakref.WeakSet[Processor] = weakref.WeakSet()
 
 # CPUID.(12H,1):EAX..EDX, the ATTRIBUTES ECREATE may set (INIT is never settable).
 SUPPORTED_ATTRIBUTES = int(
@@ -93,6 +97,9 @@ class Processor:
         self.enclu_count = [0] * 0x10
         # Running measurements of evicted uninitialized SECSs stay in the package, by EID [model].
         self.parked_measurements: dict[int, object] = {}
+        live_processors.add(self)
+        # RBX output of the ENCLS being executed (EDBGRD's data); None when the leaf has none.
+        self.encls_rbx: int | None = None
 
     # -- platform secrets ------------------------------------------------------------------
     def _derive_platform_secrets(self, seed: int) -> None:
@@ -144,12 +151,15 @@ class Processor:
         if fn is None or (not self.sgx2 and leaf in SGX2_ENCLS):
             raise GeneralProtection()
         self.encls_count[leaf] += 1
+        self.encls_rbx = None
         return fn(self, mem, rbx, rcx, rdx)
 
     def encls_regs(self, regs: RegisterFile, mem: AddressSpace) -> None:
         """ENCLS from a register file: RAX = leaf; sets RAX and RFLAGS as the SDM says."""
         leaf = regs[Reg.RAX] & 0xFFFF_FFFF
         code = self.encls(leaf, regs[Reg.RBX], regs[Reg.RCX], regs[Reg.RDX], mem=mem)
+        if self.encls_rbx is not None:
+            regs[Reg.RBX] = self.encls_rbx
         set_result(regs, code, code in CF_CODES.get(leaf, ()))
 
     # -- ENCLU -----------------------------------------------------------------------------
@@ -222,6 +232,7 @@ class Processor:
         for index in list(self.epcm):
             self.epc.zero(index)
         self.epcm.clear()
+        self.parked_measurements.clear()
         self.boot += 1
         self._derive_platform_secrets(self.config.seed)
 
