@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PageType, PfErrorCode
+from .epcm import UNUSABLE
 from .faults import GeneralProtection, PageFault
 from .memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD, AddressSpace
 
@@ -66,12 +67,10 @@ def tlb_fill(
         or e.secs is not secs
         or e.linaddr != lin & PAGE_MASK
         or e.pt is not _PT_REG
-        or e.blocked
-        or e.pending
-        or e.modified
+        or e.state & UNUSABLE
     ):
         raise PageFault(lin, code | _P | _SGX)
-    rights &= e.r | (e.w << 1) | (e.x << 2)
+    rights &= e.perms
     if not rights & access:
         raise PageFault(lin, code | _P | _SGX)
     lp.tlb[lin >> PAGE_SHIFT] = (index, rights)

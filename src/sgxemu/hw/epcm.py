@@ -1,7 +1,8 @@
 """The Enclave Page Cache Map: one entry per valid EPC page (SDM 38.19, Table 38-27).
 
-An absent entry is an entry with VALID = 0. Entries are kept small (`__slots__`, flags as
-separate fields so reads are plain attribute loads on the hot paths).
+An absent entry is an entry with VALID = 0. Entries are small (six slots; the flag bits are
+packed into two small ints, which Python shares rather than allocates) because a large EPC has
+millions of them; the SDM's field names are properties over those ints.
 """
 
 from __future__ import annotations
@@ -16,23 +17,42 @@ if TYPE_CHECKING:
 # Sentinel epoch: no tracking cycle is owed for this page (loaded by ELDU/ELDB, or never changed).
 TRACKED = -1
 
+# Bits of `EpcmEntry.perms` (SECINFO layout) and `EpcmEntry.state`.
+R = 1
+W = 2
+X = 4
+PENDING = 1
+MODIFIED = 2
+PR = 4
+BLOCKED = 8
+# A page that no access may translate: BLOCKED, PENDING or MODIFIED (SDM 38.5 / spec 6.1).
+UNUSABLE = BLOCKED | PENDING | MODIFIED
+
+
+def _flag(bit: int, doc: str) -> property:
+    def get(self: EpcmEntry) -> bool:
+        return bool(self.state & bit)
+
+    def set_(self: EpcmEntry, on: bool) -> None:
+        self.state = self.state | bit if on else self.state & ~bit
+
+    return property(get, set_, doc=doc)
+
+
+def _perm(bit: int, doc: str) -> property:
+    def get(self: EpcmEntry) -> bool:
+        return bool(self.perms & bit)
+
+    def set_(self: EpcmEntry, on: bool) -> None:
+        self.perms = self.perms | bit if on else self.perms & ~bit
+
+    return property(get, set_, doc=doc)
+
 
 class EpcmEntry:
     """EPCM entry of a valid page. `secs` is ENCLAVESECS (the SECS itself for a PT_SECS page)."""
 
-    __slots__ = (
-        "pt",
-        "r",
-        "w",
-        "x",
-        "pending",
-        "modified",
-        "pr",
-        "blocked",
-        "secs",
-        "linaddr",
-        "epoch",
-    )
+    __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch")
 
     def __init__(
         self,
@@ -42,41 +62,31 @@ class EpcmEntry:
         perms: int = 0,
     ) -> None:
         self.pt = pt
-        self.r = bool(perms & 1)
-        self.w = bool(perms & 2)
-        self.x = bool(perms & 4)
-        self.pending = False
-        self.modified = False
-        self.pr = False
-        self.blocked = False
+        self.perms = perms & 7  # R, W, X
+        self.state = 0  # PENDING, MODIFIED, PR, BLOCKED
         self.secs = secs
         self.linaddr = linaddr  # ENCLAVEADDRESS
         # Hidden tracking reference [model, spec 6.4]: SECS epoch at the last EBLOCK/EMODPR/EMODT.
         self.epoch = TRACKED
 
-    @property
-    def perms(self) -> int:
-        return self.r | (self.w << 1) | (self.x << 2)
-
-    @perms.setter
-    def perms(self, value: int) -> None:
-        self.r = bool(value & 1)
-        self.w = bool(value & 2)
-        self.x = bool(value & 4)
+    r = _perm(R, "EPCM.R")
+    w = _perm(W, "EPCM.W")
+    x = _perm(X, "EPCM.X")
+    pending = _flag(PENDING, "EPCM.PENDING: added by EAUG, not yet accepted")
+    modified = _flag(MODIFIED, "EPCM.MODIFIED: type changed by EMODT, not yet accepted")
+    pr = _flag(PR, "EPCM.PR: permissions restricted by EMODPR, not yet accepted")
+    blocked = _flag(BLOCKED, "EPCM.BLOCKED: no new translations (EBLOCK, ELDB)")
 
     @property
     def state_flags(self) -> int:
         """PENDING, MODIFIED and PR in SECINFO bit positions."""
-        return (self.pending << 3) | (self.modified << 4) | (self.pr << 5)
+        return (self.state & (PENDING | MODIFIED | PR)) << 3
 
     def secinfo_flags(self) -> int:
         """The SECINFO.FLAGS EWB saves: PT, RWX, PENDING, MODIFIED, PR."""
         return (int(self.pt) << 8) | self.perms | self.state_flags
 
     def __repr__(self) -> str:
-        bits = "".join(
-            c if on else "-"
-            for c, on in (("R", self.r), ("W", self.w), ("X", self.x))
-        )
+        bits = "".join(c if self.perms & b else "-" for c, b in (("R", R), ("W", W), ("X", X)))
         state = [n for n in ("pending", "modified", "pr", "blocked") if getattr(self, n)]
         return f"EpcmEntry({self.pt.name} {bits} {' '.join(state)} lin={self.linaddr:#x})"

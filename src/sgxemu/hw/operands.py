@@ -42,11 +42,14 @@ def translate(mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
 
 def epc_page(cpu: Processor, mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
     """EPC index of the page an operand names; #PF when it does not resolve within the EPC."""
-    pte = translate(mem, lin, write, user)
-    index = cpu.epc.index(pte & PTE_ADDR_MASK)
-    if index < 0:
-        raise PageFault(lin, _P | _SGX | (_W if write else 0) | (_U if user else 0))
-    return index
+    pte = mem.translate(lin)
+    if not pte & PTE_P or (write and not pte & PTE_W) or (user and not pte & PTE_U):
+        translate(mem, lin, write, user)  # raises the ordinary #PF with its error code
+    epc = cpu.epc
+    pa = pte & PTE_ADDR_MASK
+    if epc.base <= pa < epc.end:
+        return (pa - epc.base) >> 12
+    raise PageFault(lin, _P | _SGX | (_W if write else 0) | (_U if user else 0))
 
 
 def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: bool) -> bytes:

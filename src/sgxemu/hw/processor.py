@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from ..arch.constants import (
     CPUID_EPC_SECTION_VALID,
@@ -71,9 +72,9 @@ class ProcessorConfig:
 class Processor:
     """An SGX2 (or SGX1-only) package with `cpus` logical processors."""
 
-    def __init__(self, config: ProcessorConfig | None = None, **overrides: object) -> None:
+    def __init__(self, config: ProcessorConfig | None = None, **overrides: Any) -> None:
         if config is None:
-            config = ProcessorConfig(**overrides)  # type: ignore[arg-type]
+            config = ProcessorConfig(**overrides)
         elif overrides:
             raise SgxUsageError("pass either a ProcessorConfig or keyword overrides")
         if config.cpus < 1:
@@ -94,9 +95,17 @@ class Processor:
         self.boot = 0
         self._derive_platform_secrets(config.seed)
         self.encls_count = [0] * 0x20
+        self._encls_table = {
+            leaf: fn
+            for leaf, fn in ENCLS_LEAVES.items()
+            if config.sgx2 or leaf not in SGX2_ENCLS
+        }
         self.enclu_count = [0] * 0x10
         # Running measurements of evicted uninitialized SECSs stay in the package, by EID [model].
         self.parked_measurements: dict[int, object] = {}
+        # An unmasked event (interrupt, NMI, SMI...) pending while EINIT runs: EINIT returns
+        # SGX_UNMASKED_EVENT and the event is then taken, clearing the flag (SDM EINIT).
+        self.einit_event_pending = False
         live_processors.add(self)
         # RBX output of the ENCLS being executed (EDBGRD's data); None when the leaf has none.
         self.encls_rbx: int | None = None
@@ -146,12 +155,10 @@ class Processor:
         """Execute ENCLS at CPL 0; returns RAX. Raises the modelled fault on failure."""
         if not self.feature_control & FEATURE_CONTROL_SGX_ENABLE:
             raise GeneralProtection()
-        leaf &= 0xFFFF_FFFF
-        fn = ENCLS_LEAVES.get(leaf)
-        if fn is None or (not self.sgx2 and leaf in SGX2_ENCLS):
-            raise GeneralProtection()
-        self.encls_count[leaf] += 1
-        self.encls_rbx = None
+        fn = self._encls_table.get(leaf & 0xFFFF_FFFF)
+        if fn is None:
+            raise GeneralProtection()  # no such leaf (SGX2 leaves on an SGX1 part included)
+        self.encls_count[leaf & 0x1F] += 1
         return fn(self, mem, rbx, rcx, rdx)
 
     def encls_regs(self, regs: RegisterFile, mem: AddressSpace) -> None:

@@ -10,6 +10,11 @@ from __future__ import annotations
 from ..arch.constants import Attribute
 from .measurement import MeasurementState
 
+# Plain ints: IntFlag arithmetic is slow on the leaf paths.
+_INIT = int(Attribute.INIT)
+_DEBUG = int(Attribute.DEBUG)
+_MODE64BIT = int(Attribute.MODE64BIT)
+
 
 class SecsState:
     """One enclave's SECS as the processor sees it."""
@@ -76,15 +81,15 @@ class SecsState:
 
     @property
     def init(self) -> bool:
-        return bool(self.attributes & Attribute.INIT)
+        return bool(self.attributes & _INIT)
 
     @property
     def debug(self) -> bool:
-        return bool(self.attributes & Attribute.DEBUG)
+        return bool(self.attributes & _DEBUG)
 
     @property
     def mode64bit(self) -> bool:
-        return bool(self.attributes & Attribute.MODE64BIT)
+        return bool(self.attributes & _MODE64BIT)
 
     def in_elrange(self, lin: int) -> bool:
         return self.baseaddr <= lin < self.baseaddr + self.size

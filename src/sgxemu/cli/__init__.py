@@ -1,0 +1,1 @@
+"""The `sgxemu` command line."""

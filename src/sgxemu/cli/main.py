@@ -1,0 +1,61 @@
+"""`sgxemu`: the command line. Each subcommand is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sgxemu")
+def cli() -> None:
+    """sgxemu: an emulator of Intel SGX2 and the Linux SGX driver ABI."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def demo(as_json: bool) -> None:
+    """Build and EINIT an enclave through the leaves, then walk one page through SGX2."""
+    from ..demo import run_demo
+
+    result = run_demo()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "mrenclave": result.mrenclave.hex(),
+                    "mrenclave_offline": result.mrenclave_offline.hex(),
+                    "mrsigner": result.mrsigner.hex(),
+                    "steps": [vars(s) for s in result.steps],
+                }
+            )
+        )
+        return
+    console = Console()
+    console.print(f"MRENCLAVE (EINIT)   {result.mrenclave.hex()}", soft_wrap=True)
+    agree = "matches" if result.mrenclave == result.mrenclave_offline else "DIFFERS"
+    console.print(f"MRENCLAVE (offline) {result.mrenclave_offline.hex()}  ({agree})", soft_wrap=True)
+    console.print(f"MRSIGNER            {result.mrsigner.hex()}", soft_wrap=True)
+    table = Table(title="One page through its SGX2 life cycle")
+    for column in ("#", "step", "outcome", "EPCM entry after"):
+        table.add_column(column)
+    for i, s in enumerate(result.steps, 1):
+        table.add_row(str(i), s.action, s.outcome, s.epcm)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
