@@ -248,6 +248,7 @@ class Processor:
         return self.epc.npages - len(self.epcm)
 
     def close(self) -> None:
+        live_processors.discard(self)
         self.epc.close()
 
 
