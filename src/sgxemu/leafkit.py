@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .arch.constants import (
     EINITTOKEN_SIZE,
+    IA32_SGXLEPUBKEYHASH0,
+    PAGE_SHIFT,
     PAGE_SIZE,
     Attribute,
     EnclsLeaf,
@@ -20,9 +23,13 @@ from .arch.constants import (
     PageType,
     secinfo_flags,
 )
+from .hw.access import enclave_read, enclave_write
 from .hw.memory import PTE_P, PTE_U, PTE_W, PTE_XD, FlatMemory
 from .hw.processor import Processor
 from .hw.regs import Reg, Registers
+
+if TYPE_CHECKING:
+    from .linux.usermem import UserMemory
 
 # Kernel scratch layout (non-EPC linear addresses of the kernel's FlatMemory).
 _PAGEINFO = 0x1000
@@ -48,23 +55,32 @@ class Enclave:
 class LeafKit:
     """A processor plus the two address spaces a kernel and one process would provide."""
 
-    def __init__(self, cpu: Processor | None = None, **config: object) -> None:
+    def __init__(
+        self, cpu: Processor | None = None, *, umem: UserMemory | None = None, **config: Any
+    ) -> None:
         self.cpu = cpu if cpu is not None else Processor(**config)
         epc = self.cpu.epc
         self.kmem = FlatMemory(epc.base, epc.end, user=False)
-        self.umem = FlatMemory(epc.base, epc.end, user=True)
+        # A UserMemory process (untrusted pages an engine can map) or a flat one.
+        self.umem: FlatMemory | UserMemory = (
+            umem if umem is not None else FlatMemory(epc.base, epc.end, user=True)
+        )
         self._next_free = 0
 
     # -- EPC pages -----------------------------------------------------------------------------
     def alloc(self) -> int:
-        """Physical address of a free EPC page (first fit from a rotating cursor)."""
-        cpu = self.cpu
-        n = cpu.epc.npages
+        """Physical address of a free EPC page."""
+        return self.cpu.epc.address(self.alloc_index())
+
+    def alloc_index(self) -> int:
+        """Index of a free EPC page (first fit from a rotating cursor)."""
+        epcm = self.cpu.epcm
+        n = self.cpu.epc.npages
         for step in range(n):
             i = (self._next_free + step) % n
-            if i not in cpu.epcm:
+            if i not in epcm:
                 self._next_free = (i + 1) % n
-                return cpu.epc.address(i)
+                return i
         raise MemoryError("EPC is full")
 
     def encls(self, leaf: EnclsLeaf, rbx: int = 0, rcx: int = 0, rdx: int = 0) -> int:
@@ -120,7 +136,15 @@ class LeafKit:
         """Install the process PTE for an enclave page."""
         encl.pages[lin] = pa
         pte = pa | PTE_P | PTE_U | (PTE_W if write else 0) | (0 if execute else PTE_XD)
-        self.umem.set_pte(lin, pte)
+        self._set_user_pte(lin, pte)
+
+    def _set_user_pte(self, lin: int, pte: int | None) -> None:
+        if isinstance(self.umem, FlatMemory):
+            self.umem.set_pte(lin, pte)
+            return
+        self.umem.unmap(lin, PAGE_SIZE)
+        if pte is not None:
+            self.umem.ptes[lin >> PAGE_SHIFT] = pte  # an EPC frame: no untrusted backing
 
     def einit(self, encl: Enclave, sigstruct: bytes, token: bytes = bytes(EINITTOKEN_SIZE)) -> int:
         self.kmem.write(_SIGSTRUCT, sigstruct)
@@ -161,6 +185,103 @@ class LeafKit:
     def eexit(self, regs: Registers, lp: int = 0) -> Registers:
         self.enclu(regs, EncluLeaf.EEXIT, _HOST_RIP + 3, lp=lp)
         return regs
+
+    # -- SGX2 / EDMM (what the Linux driver does for EAUG, EMODPR, EMODT, ETRACK, EREMOVE) ---------
+    def eaug(self, encl: Enclave, lin: int) -> int:
+        """EAUG a zeroed PENDING RW- page at `lin` and map it in the process; returns its address."""
+        pa = self.alloc()
+        self.encls(EnclsLeaf.EAUG, self.pageinfo(lin, 0, 0, encl.secs_pa), pa)
+        self.map(encl, lin, pa)
+        return pa
+
+    def emodpr(self, encl: Enclave, lin: int, perms: int) -> int:
+        """EMODPR the page mapped at `lin` with the RWX mask `perms`; returns RAX."""
+        return self.encls(
+            EnclsLeaf.EMODPR, self.secinfo(secinfo_flags(PageType.PT_REG, perms)), encl.pages[lin]
+        )
+
+    def emodt(self, encl: Enclave, lin: int, page_type: PageType) -> int:
+        """EMODT the page mapped at `lin` to `page_type` (TCS or TRIM); returns RAX."""
+        return self.encls(EnclsLeaf.EMODT, self.secinfo(secinfo_flags(page_type)), encl.pages[lin])
+
+    def etrack(self, encl: Enclave) -> int:
+        return self.encls(EnclsLeaf.ETRACK, 0, encl.secs_pa)
+
+    def eremove(self, encl: Enclave, lin: int) -> int:
+        """EREMOVE the page mapped at `lin`; on success it is also unmapped from the process."""
+        code = self.encls(EnclsLeaf.EREMOVE, 0, encl.pages[lin])
+        if code == 0:
+            del encl.pages[lin]
+            self._set_user_pte(lin, None)
+        return code
+
+    # -- paging and debug (EPA, EBLOCK, EWB, ELDB/ELDU, EDBGRD/EDBGWR) --------------------------
+    def epa(self) -> int:
+        """EPA a free EPC page into a Version Array page; returns its address (slot 0)."""
+        pa = self.alloc()
+        self.encls(EnclsLeaf.EPA, PageType.PT_VA, pa)
+        return pa
+
+    def eblock(self, pa: int) -> int:
+        return self.encls(EnclsLeaf.EBLOCK, 0, pa)
+
+    def ewb(self, pa: int, va_slot: int) -> tuple[int, PagedOut]:
+        """EWB the EPC page `pa` with its version in `va_slot`: (RAX, what EWB wrote out).
+
+        The PagedOut is only meaningful when RAX is 0 or SGX_VA_SLOT_OCCUPIED.
+        """
+        rbx = self.pageinfo(0, _SOURCE, _PCMD, 0)
+        code = self.encls(EnclsLeaf.EWB, rbx, pa, va_slot)
+        linaddr = struct.unpack("<Q", self.kmem.read(rbx, 8))[0]
+        blob = PagedOut(self.kmem.read(_SOURCE, PAGE_SIZE), self.kmem.read(_PCMD, 128), linaddr)
+        return code, blob
+
+    def eld(
+        self, blob: PagedOut, pa: int, va_slot: int, secs_pa: int = 0, *, blocked: bool = False
+    ) -> int:
+        """ELDU (ELDB when `blocked`) `blob` into the free EPC page `pa`; returns RAX.
+
+        `secs_pa` is PAGEINFO.SECS: the owning SECS for enclave pages, 0 for an SECS or a VA page.
+        """
+        self.kmem.write(_SOURCE, blob.contents)
+        self.kmem.write(_PCMD, blob.pcmd)
+        leaf = EnclsLeaf.ELDB if blocked else EnclsLeaf.ELDU
+        return self.encls(leaf, self.pageinfo(blob.linaddr, _SOURCE, _PCMD, secs_pa), pa, va_slot)
+
+    def edbgrd(self, addr: int) -> tuple[int, int]:
+        """EDBGRD the quadword at EPC address `addr`: (RAX, RBX); RBX is 0 on an error code."""
+        code = self.encls(EnclsLeaf.EDBGRD, 0, addr)
+        rbx = self.cpu.encls_rbx
+        return code, rbx if rbx is not None else 0
+
+    def edbgwr(self, addr: int, value: int) -> int:
+        return self.encls(EnclsLeaf.EDBGWR, value, addr)
+
+    # -- launch and keys -------------------------------------------------------------------------
+    def set_lepubkeyhash(self, digest: bytes) -> None:
+        """WRMSR IA32_SGXLEPUBKEYHASH0..3 := the 32-byte `digest`, as Linux does before EINIT."""
+        if len(digest) != 32:
+            raise ValueError(f"LEPUBKEYHASH is 32 bytes, got {len(digest)}")
+        for i in range(4):
+            word = int.from_bytes(digest[8 * i : 8 * i + 8], "little")
+            self.cpu.wrmsr(IA32_SGXLEPUBKEYHASH0 + i, word)
+
+    def enclave_store(self, lin: int, data: bytes, lp: int = 0) -> None:
+        """A data store by the enclave code running on `lp` (enclave-mode access rules)."""
+        enclave_write(self.cpu, self.cpu.lp(lp), self.umem, lin, data)
+
+    def enclave_load(self, lin: int, size: int, lp: int = 0) -> bytes:
+        """A data load by the enclave code running on `lp` (enclave-mode access rules)."""
+        return enclave_read(self.cpu, self.cpu.lp(lp), self.umem, lin, size)
+
+
+@dataclass(frozen=True)
+class PagedOut:
+    """What EWB leaves in main memory: the sealed page, its PCMD and PAGEINFO.LINADDR."""
+
+    contents: bytes
+    pcmd: bytes
+    linaddr: int
 
 
 AEP = _AEP

@@ -78,7 +78,9 @@ def check(cpu: Processor) -> None:
             _fail(f"LP {lp.index} is in enclave mode but not listed inside its enclave")
             continue
         tcs = epcm.get(lp.tcs_index)
-        if tcs is None or tcs.pt is not PageType.PT_TCS or tcs.secs is not secs:
+        # EMODT may trim a TCS in use; the trim cannot be accepted (tracked) before this LP leaves.
+        trimmed = tcs is not None and tcs.pt is PageType.PT_TRIM and tcs.modified
+        if tcs is None or not (tcs.pt is PageType.PT_TCS or trimmed) or tcs.secs is not secs:
             _fail(f"LP {lp.index} runs on TCS {lp.tcs_index}, which is not a TCS of its enclave")
         state = struct.unpack("<Q", cpu.epc.read(lp.tcs_index, 0, 8))[0]
         if state != TcsState.ACTIVE:
@@ -87,7 +89,8 @@ def check(cpu: Processor) -> None:
             _fail(f"TCS {lp.tcs_index} is used by two logical processors")
         active.add(lp.tcs_index)
     for index, e in epcm.items():
-        if e.pt is PageType.PT_TCS and index not in active:
+        # A MODIFIED TCS (EMODT'd, not yet accepted) holds whatever the enclave wrote there.
+        if e.pt is PageType.PT_TCS and not e.modified and index not in active:
             state = struct.unpack("<Q", cpu.epc.read(index, 0, 8))[0]
             if state != TcsState.INACTIVE:
                 _fail(f"TCS {index} is busy but no logical processor is inside through it")

@@ -1,0 +1,28 @@
+"""ETRACK: start a TLB-tracking cycle on an enclave (SDM ETRACK, spec 3.8 and 6.4)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...arch.constants import PAGE_SIZE, EnclsLeaf, PageType, SgxError
+from ..leaves import encls_leaf
+from ..operands import epc_page, epcm_fault, require_aligned
+
+if TYPE_CHECKING:
+    from ..memory import AddressSpace
+    from ..processor import Processor
+
+
+@encls_leaf(EnclsLeaf.ETRACK)
+def etrack(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int:
+    require_aligned(rcx, PAGE_SIZE)
+    index = epc_page(cpu, mem, rcx, True, False)
+    entry = cpu.epcm.get(index)
+    if entry is None or entry.pt is not PageType.PT_SECS:
+        raise epcm_fault(rcx, write=True)
+    secs = entry.secs
+    assert secs is not None
+    if secs.tracking_in_progress():
+        return SgxError.SGX_PREV_TRK_INCMPL
+    secs.epoch += 1
+    return 0

@@ -1,0 +1,138 @@
+"""EACCEPT: accept an EAUG, EMODPR or EMODT change to an enclave page (SDM EACCEPT, spec 4.7)."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ...arch.constants import (
+    PAGE_MASK,
+    PAGE_SIZE,
+    SECINFO_ALIGN,
+    SECINFO_FLAGS_RESERVED_MASK,
+    SECINFO_PAGE_TYPE_SHIFT,
+    SECINFO_PERM_MASK,
+    SECINFO_SIZE,
+    EncluLeaf,
+    PageType,
+    SecinfoFlags,
+    SgxError,
+    TcsFlags,
+)
+from ...arch.structs import TCS_OFF_OCETSSA
+from ..faults import GeneralProtection
+from ..leaves import enclu_leaf
+from ..operands import epc_page, epcm_fault, read_u64, require_aligned
+from ..regs import Reg
+
+if TYPE_CHECKING:
+    from ..lp import LogicalProcessor
+    from ..memory import AddressSpace
+    from ..processor import Processor
+    from ..regs import RegisterFile
+    from ..secs import SecsState
+
+_PT_REG = PageType.PT_REG
+_ACCEPTABLE = (PageType.PT_REG, PageType.PT_TCS, PageType.PT_TRIM)
+_STATE_BITS = int(SecinfoFlags.PENDING | SecinfoFlags.MODIFIED)
+_PENDING = int(SecinfoFlags.PENDING)
+_MODIFIED = int(SecinfoFlags.MODIFIED)
+_PR = int(SecinfoFlags.PR)
+# STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFSBASGX, OGSBASGX, FSLIMIT, GSLIMIT.
+_TCS = struct.Struct("<QQQIIQQQQII")
+
+
+def in_enclave_secinfo(cpu: Processor, secs: SecsState, index: int, rbx: int) -> int:
+    """The SECINFO operand of EACCEPT, EACCEPTCOPY and EMODPE: an accessible page of this enclave.
+
+    #PF(RBX) unless the page holding it is a valid, readable REG page of the running enclave at
+    its own address, neither PENDING, MODIFIED nor BLOCKED; then the 64 bytes are read from the
+    EPC and FLAGS is returned, #GP(0) if a reserved bit or byte is set.
+    """
+    e = cpu.epcm.get(index)
+    if (
+        e is None
+        or not e.r
+        or e.pending
+        or e.modified
+        or e.blocked
+        or e.pt is not _PT_REG
+        or e.secs is not secs
+        or e.linaddr != rbx & PAGE_MASK  # the SDM text's "& FFFH" means the page (spec 12.1)
+    ):
+        raise epcm_fault(rbx, user=True)
+    raw = cpu.epc.read(index, rbx & (PAGE_SIZE - 1), SECINFO_SIZE)
+    flags = read_u64(raw, 0)
+    if flags & SECINFO_FLAGS_RESERVED_MASK or raw.count(0, 8) != SECINFO_SIZE - 8:
+        raise GeneralProtection()
+    return flags
+
+
+def _legal_request(flags: int) -> bool:
+    """The newer edition's rule: REG with PENDING or PR (not MODIFIED); TCS/TRIM with MODIFIED only."""
+    pt = (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF
+    if pt == _PT_REG:
+        return bool(flags & (_PENDING | _PR)) and not flags & _MODIFIED
+    if pt in (PageType.PT_TCS, PageType.PT_TRIM):
+        return flags & (_PENDING | _MODIFIED | _PR) == _MODIFIED
+    return False
+
+
+def _check_tcs(cpu: Processor, index: int, secs: SecsState) -> None:
+    """The content checks on a page being accepted as a TCS; each failure is #GP(0)."""
+    page = cpu.epc.read(index, 0, PAGE_SIZE)
+    # [choice] "Reserved" is bytes 72..4095 (the CET fields too: CET is not modelled), as in EADD;
+    # FLAGS bits 63:2 are left to EENTER, as EADD leaves them.
+    if page.count(0, TCS_OFF_OCETSSA) != PAGE_SIZE - TCS_OFF_OCETSSA:
+        raise GeneralProtection()
+    state, tflags, _, cssa, nssa, _, aep, _, _, fslimit, gslimit = _TCS.unpack_from(page, 0)
+    if tflags & TcsFlags.DBGOPTIN or cssa >= nssa or aep or state:
+        raise GeneralProtection()
+    if not secs.mode64bit and (fslimit & 0xFFF != 0xFFF or gslimit & 0xFFF != 0xFFF):
+        raise GeneralProtection()
+
+
+@enclu_leaf(EncluLeaf.EACCEPT)
+def eaccept(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
+    from ..processor import set_result
+
+    secs = lp.secs
+    assert secs is not None
+    rbx, rcx = regs[Reg.RBX], regs[Reg.RCX]
+    require_aligned(rbx, SECINFO_ALIGN)
+    if not secs.in_elrange(rbx):
+        raise GeneralProtection()
+    secinfo_index = epc_page(cpu, mem, rbx, False, True)
+    flags = in_enclave_secinfo(cpu, secs, secinfo_index, rbx)
+    require_aligned(rcx, PAGE_SIZE)
+    if not secs.in_elrange(rcx):
+        raise GeneralProtection()
+    index = epc_page(cpu, mem, rcx, False, True)
+    if not _legal_request(flags):
+        raise GeneralProtection()
+    e = cpu.epcm.get(index)
+    if e is None or e.blocked or e.pt not in _ACCEPTABLE or e.secs is not secs:
+        raise epcm_fault(rcx, user=True)
+    # PR is not compared: accepting PR on a page never restricted only clears the flags.
+    if (
+        e.linaddr != rcx
+        or e.state_flags & _STATE_BITS != flags & _STATE_BITS
+        or e.perms != flags & SECINFO_PERM_MASK
+        or e.pt != (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF
+    ):
+        set_result(regs, SgxError.SGX_PAGE_ATTRIBUTES_MISMATCH)
+        regs[Reg.RIP] += 3
+        return
+    # A restriction or type change is accepted only once every thread that could still hold a
+    # translation from before it (the caller included) has left [model, spec 6.4].
+    if (e.pr or e.modified) and not secs.tracked_since(e.epoch):
+        set_result(regs, SgxError.SGX_NOT_TRACKED)
+        regs[Reg.RIP] += 3
+        return
+    if e.pt is PageType.PT_TCS:
+        _check_tcs(cpu, index, secs)
+    e.pending = False
+    e.modified = False
+    e.pr = False
+    set_result(regs, SgxError.SUCCESS)
+    regs[Reg.RIP] += 3
