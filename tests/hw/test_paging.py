@@ -425,7 +425,9 @@ def test_ewb_writes_ciphertext_pcmd_linaddr_and_version() -> None:
     assert ciphertext != DATA and len(ciphertext) == PAGE_SIZE
     assert va_read_slot(w.cpu.epc.page(w.index(w.va)), 0) == w.cpu.paging_version != 0
     assert w.index(w.data) not in w.cpu.epcm  # VALID := 0
-    assert w.cpu.epc.read(w.index(w.data), 0, PAGE_SIZE) == bytes(PAGE_SIZE)  # scrubbed
+    assert w.index(w.data) in w.cpu.epc.dirty  # queued for scrubbing ...
+    w.cpu.epc.scrub(w.cpu.epcm)
+    assert w.cpu.epc.read(w.index(w.data), 0, PAGE_SIZE) == bytes(PAGE_SIZE)  # ... and scrubbed
     assert w.secs.chldcnt == children - 1
 
 
@@ -550,13 +552,14 @@ def test_tampered_blob_fails_the_mac(
     w = build()
     blob = evict(w, w.data, w.va)
     before = snapshot(w.kit)
+    destination = w.cpu.epc.read(w.index(w.data), 0, PAGE_SIZE)
     assert w.kit.eld(
         tamper(blob), w.data, w.va, w.encl.secs_pa, blocked=leaf is EnclsLeaf.ELDB
     ) == (SgxError.SGX_MAC_COMPARE_FAIL)
-    # Nothing changed except the kit's scratch copy of the blob.
+    # Nothing changed except the kit's scratch copy of the blob: no plaintext reached the page.
     after = snapshot(w.kit)
     assert after[:5] == before[:5]
-    assert w.cpu.epc.read(w.index(w.data), 0, PAGE_SIZE) == bytes(PAGE_SIZE)
+    assert w.cpu.epc.read(w.index(w.data), 0, PAGE_SIZE) == destination
     assert w.kit.eld(blob, w.data, w.va, w.encl.secs_pa) == 0  # the genuine blob still loads
 
 

@@ -312,7 +312,8 @@ def test_eaug(w: World, case: str, fields: dict[str, Any], expect: Expect) -> No
     rcx = value("rcx", w.kit.alloc())
     index = w.cpu.epc.index(rcx & ~0xFFF)
     if index >= 0 and index not in w.cpu.epcm:
-        w.cpu.epc.write(index, 0, b"\xa5" * 4096)  # stale contents of a freed page
+        w.cpu.epc.write(index, 0, b"\xa5" * 4096)  # stale contents of a freed page,
+        w.cpu.epc.release(index)  # released as EREMOVE and EWB release pages
     linaddr = value("linaddr", DYN)
     ops = {
         "linaddr": linaddr,

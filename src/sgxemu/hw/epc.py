@@ -8,6 +8,8 @@ nothing (freed pages are returned with MADV_DONTNEED). Execution engines can map
 from __future__ import annotations
 
 import mmap
+import sys
+from collections.abc import Container
 from dataclasses import dataclass
 
 from ..arch.constants import PAGE_SHIFT, PAGE_SIZE
@@ -15,6 +17,12 @@ from ..arch.constants import PAGE_SHIFT, PAGE_SIZE
 # Physical address of the first section [choice]: above every host virtual address (2^47), because
 # the physical address of non-EPC memory is the host address of its backing (see exec/).
 EPC_BASE = 0x8000_0000_0000
+
+# Python's mmap module only exposes MAP_NORESERVE from 3.13 on; without it the kernel's heuristic
+# overcommit refuses a reservation larger than RAM + swap (a 1 TiB EPC). Linux's value is 0x4000.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+SCRUB_BATCH = 4096  # released pages kept committed before a bulk scrub
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +45,12 @@ class Epc:
         self.npages = size >> PAGE_SHIFT
         per = size // sections
         self.sections = tuple(EpcSection(base + i * per, per) for i in range(sections))
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
         self.buffer = mmap.mmap(-1, size, flags=flags)
         self.view = memoryview(self.buffer)
+        # Freed pages not yet scrubbed. Every other free page reads as zero, so making a page
+        # zero is free unless it is here; scrubbing returns the memory to the host in bulk.
+        self.dirty: set[int] = set()
 
     def index(self, pa: int) -> int:
         """Page index of a physical address, or -1 when it is not EPC."""
@@ -65,8 +76,27 @@ class Epc:
         self.buffer[off : off + len(data)] = data
 
     def zero(self, index: int) -> None:
-        """Zero a page and give its memory back to the host."""
-        self.buffer.madvise(mmap.MADV_DONTNEED, index << PAGE_SHIFT, PAGE_SIZE)
+        """Make a free page all zero (it is already, unless it was freed since the last scrub)."""
+        if index in self.dirty:
+            self.dirty.discard(index)
+            off = index << PAGE_SHIFT
+            self.buffer[off : off + PAGE_SIZE] = _ZERO_PAGE
+
+    def release(self, index: int) -> None:
+        """A page became free: its contents are scrubbed later, in bulk (see `scrub`)."""
+        self.dirty.add(index)
+
+    def scrub(self, keep: Container[int] = ()) -> None:
+        """Zero every released page not in `keep` and return its memory to the host."""
+        runs: list[tuple[int, int]] = []
+        for index in sorted(i for i in self.dirty if i not in keep):
+            if runs and runs[-1][0] + runs[-1][1] == index:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((index, 1))
+        for first, count in runs:
+            self.buffer.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, count << PAGE_SHIFT)
+        self.dirty.clear()
 
     def close(self) -> None:
         self.view.release()

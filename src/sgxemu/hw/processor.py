@@ -27,13 +27,13 @@ from ..arch.constants import (
     EncluLeaf,
     Miscselect,
 )
-from .epc import EPC_BASE, Epc
+from .epc import EPC_BASE, SCRUB_BATCH, Epc
 from .epcm import EpcmEntry
 from .faults import GeneralProtection, InvalidOpcode, SgxUsageError
 from .leaves import CF_CODES, ENCLS_LEAVES, ENCLU_LEAVES, SGX2_ENCLS, SGX2_ENCLU, load_all
 from .lp import LogicalProcessor
 from .memory import AddressSpace
-from .regs import ARITH_FLAGS, CF, ZF, Reg, RegisterFile
+from .regs import Reg, RegisterFile, set_result
 from .secs import SecsState
 
 MIB = 1 << 20
@@ -237,11 +237,20 @@ class Processor:
         for lp in self.lps:
             lp.__init__(lp.index)  # type: ignore[misc]
         for index in list(self.epcm):
-            self.epc.zero(index)
+            self.epc.release(index)
         self.epcm.clear()
+        self.epc.scrub()
         self.parked_measurements.clear()
         self.boot += 1
         self._derive_platform_secrets(self.config.seed)
+
+    def free_epc_page(self, index: int) -> None:
+        """VALID := 0 for a page; its contents are scrubbed (an emulator may, spec 11)."""
+        del self.epcm[index]
+        epc = self.epc
+        epc.release(index)
+        if len(epc.dirty) >= SCRUB_BATCH:
+            epc.scrub(self.epcm)
 
     @property
     def free_pages(self) -> int:
@@ -250,15 +259,6 @@ class Processor:
     def close(self) -> None:
         live_processors.discard(self)
         self.epc.close()
-
-
-def set_result(regs: RegisterFile, code: int, carry: bool = False) -> None:
-    """RAX and RFLAGS for a leaf with an error code: ZF (or CF) flags a non-zero code."""
-    flags = regs[Reg.RFLAGS] & ~ARITH_FLAGS
-    if code:
-        flags |= CF if carry else ZF
-    regs[Reg.RFLAGS] = flags
-    regs[Reg.RAX] = code
 
 
 __all__ = ["Processor", "ProcessorConfig", "PAGE_SIZE", "EnclsLeaf", "EncluLeaf", "set_result"]

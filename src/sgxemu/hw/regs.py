@@ -120,3 +120,12 @@ class Registers:
     def __repr__(self) -> str:
         shown = ", ".join(f"{r.name.lower()}={self.values[r]:#x}" for r in Reg if self.values[r])
         return f"Registers({shown})"
+
+
+def set_result(regs: RegisterFile, code: int, carry: bool = False) -> None:
+    """RAX and RFLAGS for a leaf with an error code: ZF (or CF) flags a non-zero code."""
+    flags = regs[Reg.RFLAGS] & ~ARITH_FLAGS
+    if code:
+        flags |= CF if carry else ZF
+    regs[Reg.RFLAGS] = flags
+    regs[Reg.RAX] = code

@@ -9,6 +9,7 @@ from ...arch.constants import (
     PAGE_SIZE,
     SECINFO_FLAGS_RESERVED_MASK,
     SECINFO_PERM_MASK,
+    SECINFO_SIZE,
     EnclsLeaf,
     PageType,
 )
@@ -46,9 +47,15 @@ def eadd(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
     require_aligned(secinfo, 64)
     require_aligned(linaddr, PAGE_SIZE)
     secs_index = epc_page(cpu, mem, secs_addr, False, False)
-    flags = read_u64(read_operand(cpu, mem, secinfo, 64, False), 0)
+    raw = read_operand(cpu, mem, secinfo, SECINFO_SIZE, False)
+    flags = read_u64(raw, 0)
     page_type = (flags >> 8) & 0xFF
-    if flags & SECINFO_FLAGS_RESERVED_MASK or page_type not in (_PT_REG, _PT_TCS):
+    # SECINFO reserved fields (FLAGS bits 7:6 and 63:16, bytes 8-63) and PT in one #GP check.
+    if (
+        flags & SECINFO_FLAGS_RESERVED_MASK
+        or raw.count(0, 8) != SECINFO_SIZE - 8
+        or page_type not in (_PT_REG, _PT_TCS)
+    ):
         raise GeneralProtection()
     if index in cpu.epcm:
         raise epcm_fault(rcx, write=True)

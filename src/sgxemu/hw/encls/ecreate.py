@@ -10,6 +10,7 @@ from ...arch.constants import (
     PAGE_SIZE,
     SECINFO_FLAGS_RESERVED_MASK,
     SECINFO_PAGE_TYPE_SHIFT,
+    SECINFO_SIZE,
     XSAVE_HEADER_SIZE,
     XSAVE_LEGACY_SIZE,
     Attribute,
@@ -72,8 +73,14 @@ def ecreate(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> 
     require_aligned(secinfo, 64)
     if linaddr != 0 or secs_field != 0:
         raise GeneralProtection()
-    flags = read_u64(read_operand(cpu, mem, secinfo, 64, False), 0)
-    if flags & SECINFO_FLAGS_RESERVED_MASK or (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF != PageType.PT_SECS:
+    raw = read_operand(cpu, mem, secinfo, SECINFO_SIZE, False)
+    flags = read_u64(raw, 0)
+    # SECINFO reserved fields (FLAGS bits 7:6 and 63:16, bytes 8-63) and PT in one #GP check.
+    if (
+        flags & SECINFO_FLAGS_RESERVED_MASK
+        or raw.count(0, 8) != SECINFO_SIZE - 8
+        or (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF != PageType.PT_SECS
+    ):
         raise GeneralProtection()
     if index in cpu.epcm:
         raise epcm_fault(rcx, write=True)

@@ -42,5 +42,4 @@ def eremove(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> 
 
 def free_page(cpu: Processor, index: int) -> None:
     """VALID := 0; the contents go too (an emulator may scrub freed pages, spec 11)."""
-    del cpu.epcm[index]
-    cpu.epc.zero(index)
+    cpu.free_epc_page(index)

@@ -23,7 +23,7 @@ from ...arch.structs import TCS_OFF_OCETSSA
 from ..faults import GeneralProtection
 from ..leaves import enclu_leaf
 from ..operands import epc_page, epcm_fault, read_u64, require_aligned
-from ..regs import Reg
+from ..regs import Reg, set_result
 
 if TYPE_CHECKING:
     from ..lp import LogicalProcessor
@@ -94,8 +94,6 @@ def _check_tcs(cpu: Processor, index: int, secs: SecsState) -> None:
 
 @enclu_leaf(EncluLeaf.EACCEPT)
 def eaccept(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
-    from ..processor import set_result
-
     secs = lp.secs
     assert secs is not None
     rbx, rcx = regs[Reg.RBX], regs[Reg.RCX]

@@ -24,7 +24,7 @@ from ...arch.constants import (
 from ..faults import GeneralProtection
 from ..leaves import enclu_leaf
 from ..operands import epc_page, epcm_fault, require_aligned
-from ..regs import Reg
+from ..regs import Reg, set_result
 from .eaccept import in_enclave_secinfo
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ _RW = 0b011
 def eacceptcopy(
     cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace
 ) -> None:
-    from ..processor import set_result
-
     secs = lp.secs
     assert secs is not None
     rbx, rcx, rdx = regs[Reg.RBX], regs[Reg.RCX], regs[Reg.RDX]

@@ -29,8 +29,7 @@ from ..keys import (
     report_key_dependencies,
 )
 from ..leaves import enclu_leaf
-from ..processor import set_result
-from ..regs import Reg
+from ..regs import Reg, set_result
 from .ereport import enclave_operand
 
 if TYPE_CHECKING:
