@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+import sys
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..hw.memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
+from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
 
 PROT_NONE = 0
 PROT_READ = 1
@@ -23,6 +24,9 @@ PROT_WRITE = 2
 PROT_EXEC = 4
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
+# Python < 3.12 lacks mmap.MAP_NORESERVE; without it Linux's overcommit heuristic refuses a
+# reservation larger than RAM. 0x4000 is its value on Linux.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 def pte_for(pa: int, prot: int) -> int:
@@ -46,7 +50,7 @@ class UserMemory:
     """Page table + untrusted frames of one process (implements hw.memory.AddressSpace)."""
 
     def __init__(self, arena_size: int = DEFAULT_ARENA) -> None:
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         self.arena = mmap.mmap(-1, arena_size, flags=flags)
         self.arena_base = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
         self.arena_size = arena_size
@@ -114,7 +118,13 @@ class UserMemory:
 
     # -- AddressSpace --------------------------------------------------------------------------------
     def translate(self, lin: int) -> int:
-        return self.ptes.get(lin >> PAGE_SHIFT, 0)
+        # A page walk sets the accessed bit (the reclaimer's aging reads and clears it).
+        page = lin >> PAGE_SHIFT
+        pte = self.ptes.get(page, 0)
+        if pte & PTE_P and not pte & PTE_A:
+            pte |= PTE_A
+            self.ptes[page] = pte
+        return pte
 
     def _offset(self, lin: int) -> int:
         off = self.frames.get(lin >> PAGE_SHIFT)
