@@ -50,7 +50,21 @@ def demo(as_json: bool) -> None:
     console.print(table)
 
 
+def _register_commands() -> None:
+    """Each further subcommand lives in its own module of this package and is added here."""
+    import importlib
+
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        cli.add_command(module.command)
+
+
+# Modules of sgxemu.cli that each define a click command named `command`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def main() -> None:
+    _register_commands()
     try:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
