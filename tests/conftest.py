@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 
 import pytest
@@ -17,4 +16,3 @@ def _check_invariants() -> Iterator[None]:
     for cpu in list(processor.live_processors):
         if id(cpu) not in before:
             invariants.check(cpu)
-    gc.collect()

@@ -17,7 +17,7 @@ from ..arch.constants import (
     TcsState,
 )
 from .faults import GeneralProtection
-from .operands import epc_page, epcm_fault, require_aligned, translate
+from .operands import epc_page, epcm_fault, require_aligned
 from .regs import TF, Reg, RegisterFile
 
 if TYPE_CHECKING:
@@ -28,8 +28,15 @@ if TYPE_CHECKING:
 
 TCS_FIELDS = struct.Struct("<QQQIIQQQQII")  # STATE .. GSLIMIT (SDM Table 38-10)
 U64 = struct.Struct("<Q")
+GPRSGX_RIP = 136
 GPRSGX_URSP = 144
 GPRSGX_URBP = 152
+GPRSGX_AEXNOTIFY = 167
+GPRSGX_FSBASE = 168
+GPRSGX_GSBASE = 176
+# TCS.FLAGS bits 63:2 are reserved. (Not `~(TcsFlags...)`: inverting an IntFlag keeps only the
+# defined members' bits, so that mask would be 0.)
+_TCS_FLAGS_RESERVED = ~int(TcsFlags.DBGOPTIN | TcsFlags.AEXNOTIFY) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 class Tcs(NamedTuple):
@@ -56,6 +63,7 @@ class Entry(NamedTuple):
     xsave_index: int
     gpr_index: int
     gpr_offset: int
+    notify: bool = False  # ERESUME takes the AEX-Notify path (enter frame CSSA at OENTRY)
 
 
 def _canonical(addr: int) -> bool:
@@ -91,7 +99,7 @@ def check_entry(
     tcs = read_tcs(cpu, tcs_index)
     if tcs.ossa & (PAGE_SIZE - 1) or tcs.ofsbase & (PAGE_SIZE - 1) or tcs.ogsbase & (PAGE_SIZE - 1):
         raise GeneralProtection()
-    if tcs.flags & ~(TcsFlags.DBGOPTIN | TcsFlags.AEXNOTIFY):
+    if tcs.flags & _TCS_FLAGS_RESERVED:
         raise GeneralProtection()
     if not secs.init or not secs.mode64bit:
         raise GeneralProtection()  # uninitialized, or a 32-bit enclave entered from 64-bit mode
@@ -107,25 +115,68 @@ def check_entry(
         if tcs.cssa >= tcs.nssa:
             raise GeneralProtection()
         frame = tcs.cssa
-    frame_size = secs.ssaframesize * PAGE_SIZE
-    frame_lin = secs.baseaddr + tcs.ossa + frame * frame_size
-    gpr_lin = frame_lin + frame_size - GPRSGX_SIZE
-    xsave_index = _ssa_page(cpu, mem, secs, frame_lin)
-    gpr_index = xsave_index if gpr_lin & PAGE_MASK == frame_lin else _ssa_page(cpu, mem, secs, gpr_lin)
-    if not _canonical(secs.baseaddr + tcs.oentry):
+    frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(cpu, mem, secs, tcs.ossa, frame)
+    notify = False
+    if resume:
+        gpr = gpr_lin & ~PAGE_MASK
+        # AEX-Notify: TCS.FLAGS.AEXNOTIFY and bit 0 of the frame's GPRSGX.AEXNOTIFY byte make
+        # ERESUME an entry into frame CSSA, which must exist and pass the same page checks.
+        notify = bool(tcs.flags & TcsFlags.AEXNOTIFY) and bool(
+            cpu.epc.read(gpr_index, gpr + GPRSGX_AEXNOTIFY, 1)[0] & 1
+        )
+        if notify:
+            if tcs.cssa >= tcs.nssa:
+                raise GeneralProtection()
+            frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(
+                cpu, mem, secs, tcs.ossa, tcs.cssa
+            )
+    if resume and not notify:
+        # A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those.
+        gpr = gpr_lin & ~PAGE_MASK
+        target = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_RIP, 8))[0]
+        fsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_FSBASE, 8))[0]
+        gsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_GSBASE, 8))[0]
+    else:
+        target = secs.baseaddr + tcs.oentry
+        fsbase = secs.baseaddr + tcs.ofsbase
+        gsbase = secs.baseaddr + tcs.ogsbase
+    if not _canonical(target):
         raise GeneralProtection()
-    if not _canonical(secs.baseaddr + tcs.ofsbase) or not _canonical(secs.baseaddr + tcs.ogsbase):
+    if not _canonical(fsbase) or not _canonical(gsbase):
         raise GeneralProtection()
     if tcs.state == TcsState.ACTIVE:
         raise GeneralProtection()
-    return Entry(tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK)
+    return Entry(
+        tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify
+    )
+
+
+def _ssa_frame(
+    cpu: Processor, mem: AddressSpace, secs: SecsState, ossa: int, frame: int
+) -> tuple[int, int, int, int]:
+    """Check SSA frame `frame`: (frame address, XSAVE page index, GPR page index, GPR address).
+
+    The XSAVE area (576 bytes: its first page) and the page holding GPRSGX are checked; a
+    fault on the GPR page reports the GPRSGX address (SDM EENTER: #PF(DS:TMP_GPR)).
+    """
+    frame_size = secs.ssaframesize * PAGE_SIZE
+    frame_lin = secs.baseaddr + ossa + frame * frame_size
+    gpr_lin = frame_lin + frame_size - GPRSGX_SIZE
+    xsave_index = _ssa_page(cpu, mem, secs, frame_lin)
+    if gpr_lin & PAGE_MASK == frame_lin:
+        gpr_index = xsave_index
+    else:
+        gpr_index = _ssa_page(cpu, mem, secs, gpr_lin)
+    return frame_lin, xsave_index, gpr_index, gpr_lin
 
 
 def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> int:
-    """An SSA page must be writable, REG, RW, of this enclave and at its own address."""
+    """An SSA page must be writable, REG, RW, of this enclave and at its own address.
+
+    Faults report `lin`: the page for an XSAVE page, the GPRSGX address for the GPR page.
+    """
     page = lin & PAGE_MASK
-    index = epc_page(cpu, mem, page, True, True)
-    translate(mem, page, True, True)
+    index = epc_page(cpu, mem, lin, True, True)  # the paging R/W check first, then "in EPC"
     e = cpu.epcm.get(index)
     if (
         e is None
@@ -137,7 +188,7 @@ def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> i
         or e.secs is not secs
         or not (e.r and e.w)
     ):
-        raise epcm_fault(page, write=True, user=True)
+        raise epcm_fault(lin, write=True, user=True)
     return index
 
 
@@ -172,8 +223,10 @@ def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
     regs[Reg.FSBASE] = lp.saved_fsbase
     regs[Reg.GSBASE] = lp.saved_gsbase
     tcs_flags = U64.unpack(cpu.epc.read(lp.tcs_index, 8, 8))[0]
-    if not tcs_flags & TcsFlags.DBGOPTIN and lp.saved_tf:
-        regs[Reg.RFLAGS] = regs[Reg.RFLAGS] | TF
+    if not tcs_flags & TcsFlags.DBGOPTIN:
+        # An opt-out entry saved TF and cleared it: the exit puts the saved value back (SDM EEXIT).
+        flags = regs[Reg.RFLAGS] & ~TF
+        regs[Reg.RFLAGS] = flags | TF if lp.saved_tf else flags
     secs.inside.pop(lp.index, None)
     lp.enclave_mode = False
     lp.secs = None

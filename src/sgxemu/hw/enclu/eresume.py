@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ...arch.constants import EncluLeaf, TcsFlags
 from ..enclave_mode import U64, check_entry, enter, enter_at_oentry
 from ..leaves import enclu_leaf
-from ..regs import AC, AF, CF, DF, ID, NT, OF, PF, RF, SF, TF, ZF, Reg
+from ..regs import AC, AF, CF, DF, ID, IF, NT, OF, PF, RF, SF, TF, VM, ZF, Reg
 from .aex import GPR_BLOCK, GPRSGX_FSBASE, GPRSGX_GSBASE
 
 if TYPE_CHECKING:
@@ -18,18 +18,18 @@ if TYPE_CHECKING:
     from ..regs import RegisterFile
 
 _RESTORED_FLAGS = CF | PF | AF | ZF | SF | DF | OF | NT | AC | ID | RF
-_AEXNOTIFY_BYTE = 167
+_IOPL_SHIFT = 12
 
 
 @enclu_leaf(EncluLeaf.ERESUME)
 def eresume(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
     entry = check_entry(cpu, regs, mem, resume=True)
+    if entry.notify:
+        # AEX-Notify: behave as EENTER into frame CSSA, already checked (SDM ERESUME).
+        enter_at_oentry(cpu, lp, regs, entry)
+        return
     epc = cpu.epc
     gpr_index, gpr = entry.gpr_index, entry.gpr_offset
-    if entry.tcs.flags & TcsFlags.AEXNOTIFY and epc.read(gpr_index, gpr + _AEXNOTIFY_BYTE, 1)[0] & 1:
-        # AEX-Notify: behave as EENTER into frame CSSA (SDM ERESUME).
-        enter_at_oentry(cpu, lp, regs, check_entry(cpu, regs, mem, resume=False))
-        return
     saved = GPR_BLOCK.unpack(epc.read(gpr_index, gpr, GPR_BLOCK.size))
     fsbase = U64.unpack(epc.read(gpr_index, gpr + GPRSGX_FSBASE, 8))[0]
     gsbase = U64.unpack(epc.read(gpr_index, gpr + GPRSGX_GSBASE, 8))[0]
@@ -40,7 +40,10 @@ def eresume(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: Addre
     for i in range(16):
         regs[Reg(i)] = saved[i]
     regs[Reg.RIP] = saved[Reg.RIP]
-    restored = (flags & ~_RESTORED_FLAGS) | (saved[Reg.RFLAGS] & _RESTORED_FLAGS)
+    restored_mask = _RESTORED_FLAGS
+    if (flags >> _IOPL_SHIFT) & 3 == 3:
+        restored_mask |= IF  # IF comes back only at IOPL 3
+    restored = (flags & ~restored_mask & ~VM) | (saved[Reg.RFLAGS] & restored_mask)
     if not entry.tcs.flags & TcsFlags.DBGOPTIN:
         restored &= ~TF
     regs[Reg.RFLAGS] = restored
