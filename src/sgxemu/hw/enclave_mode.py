@@ -16,6 +16,7 @@ from ..arch.constants import (
     TcsFlags,
     TcsState,
 )
+from .epcm import UNUSABLE
 from .faults import GeneralProtection
 from .operands import epc_page, epcm_fault, require_aligned
 from .regs import TF, Reg, RegisterFile
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
 
 TCS_FIELDS = struct.Struct("<QQQIIQQQQII")  # STATE .. GSLIMIT (SDM Table 38-10)
 U64 = struct.Struct("<Q")
+# Plain ints for the entry/exit hot path (IntFlag arithmetic costs a Python call each).
+_DBGOPTIN = int(TcsFlags.DBGOPTIN)
+_TCS_AEXNOTIFY = int(TcsFlags.AEXNOTIFY)
+_ATTR_AEXNOTIFY = int(Attribute.AEXNOTIFY)
+_ACTIVE = int(TcsState.ACTIVE)
+_ACTIVE_BYTES = U64.pack(TcsState.ACTIVE)
+_INACTIVE_BYTES = U64.pack(TcsState.INACTIVE)
+_PT_TCS = PageType.PT_TCS
+_PT_REG = PageType.PT_REG
 GPRSGX_RIP = 136
 GPRSGX_URSP = 144
 GPRSGX_URBP = 152
@@ -85,14 +95,7 @@ def check_entry(
     if not _canonical(regs[Reg.RCX]):
         raise GeneralProtection()
     e = cpu.epcm.get(tcs_index)
-    if (
-        e is None
-        or e.blocked
-        or e.linaddr != tcs_lin
-        or e.pt is not PageType.PT_TCS
-        or e.pending
-        or e.modified
-    ):
+    if e is None or e.state & UNUSABLE or e.linaddr != tcs_lin or e.pt is not _PT_TCS:
         raise epcm_fault(tcs_lin, user=True)
     secs = e.secs
     assert secs is not None
@@ -103,8 +106,8 @@ def check_entry(
         raise GeneralProtection()
     if not secs.init or not secs.mode64bit:
         raise GeneralProtection()  # uninitialized, or a 32-bit enclave entered from 64-bit mode
-    if not tcs.flags & TcsFlags.DBGOPTIN and bool(tcs.flags & TcsFlags.AEXNOTIFY) != bool(
-        secs.attributes & Attribute.AEXNOTIFY
+    if not tcs.flags & _DBGOPTIN and bool(tcs.flags & _TCS_AEXNOTIFY) != bool(
+        secs.attributes & _ATTR_AEXNOTIFY
     ):
         raise GeneralProtection()
     if resume:
@@ -121,7 +124,7 @@ def check_entry(
         gpr = gpr_lin & ~PAGE_MASK
         # AEX-Notify: TCS.FLAGS.AEXNOTIFY and bit 0 of the frame's GPRSGX.AEXNOTIFY byte make
         # ERESUME an entry into frame CSSA, which must exist and pass the same page checks.
-        notify = bool(tcs.flags & TcsFlags.AEXNOTIFY) and bool(
+        notify = bool(tcs.flags & _TCS_AEXNOTIFY) and bool(
             cpu.epc.read(gpr_index, gpr + GPRSGX_AEXNOTIFY, 1)[0] & 1
         )
         if notify:
@@ -144,7 +147,7 @@ def check_entry(
         raise GeneralProtection()
     if not _canonical(fsbase) or not _canonical(gsbase):
         raise GeneralProtection()
-    if tcs.state == TcsState.ACTIVE:
+    if tcs.state == _ACTIVE:
         raise GeneralProtection()
     return Entry(
         tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify
@@ -180,13 +183,11 @@ def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> i
     e = cpu.epcm.get(index)
     if (
         e is None
-        or e.blocked
-        or e.pending
-        or e.modified
+        or e.state & UNUSABLE
         or e.linaddr != page
-        or e.pt is not PageType.PT_REG
+        or e.pt is not _PT_REG
         or e.secs is not secs
-        or not (e.r and e.w)
+        or e.perms & 3 != 3  # R and W
     ):
         raise epcm_fault(lin, write=True, user=True)
     return index
@@ -207,9 +208,9 @@ def enter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry
     lp.saved_fsbase = regs[Reg.FSBASE]
     lp.saved_gsbase = regs[Reg.GSBASE]
     lp.saved_tf = bool(regs[Reg.RFLAGS] & TF)
-    if not entry.tcs.flags & TcsFlags.DBGOPTIN:
+    if not entry.tcs.flags & _DBGOPTIN:
         regs[Reg.RFLAGS] = regs[Reg.RFLAGS] & ~TF  # opt-out entry suppresses single-stepping
-    cpu.epc.write(entry.tcs_index, 0, U64.pack(TcsState.ACTIVE))
+    cpu.epc.write(entry.tcs_index, 0, _ACTIVE_BYTES)
     cpu.epc.write(entry.tcs_index, 40, U64.pack(lp.aep))  # TCS.AEP
     secs.inside[lp.index] = secs.epoch
     lp.flush_tlb()
@@ -219,11 +220,11 @@ def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
     """Enclave mode off (EEXIT, AEX): TCS free again, FS/GS back, the TLB flushed."""
     secs = lp.secs
     assert secs is not None
-    cpu.epc.write(lp.tcs_index, 0, U64.pack(TcsState.INACTIVE))
+    cpu.epc.write(lp.tcs_index, 0, _INACTIVE_BYTES)
     regs[Reg.FSBASE] = lp.saved_fsbase
     regs[Reg.GSBASE] = lp.saved_gsbase
     tcs_flags = U64.unpack(cpu.epc.read(lp.tcs_index, 8, 8))[0]
-    if not tcs_flags & TcsFlags.DBGOPTIN:
+    if not tcs_flags & _DBGOPTIN:
         # An opt-out entry saved TF and cleared it: the exit puts the saved value back (SDM EEXIT).
         flags = regs[Reg.RFLAGS] & ~TF
         regs[Reg.RFLAGS] = flags | TF if lp.saved_tf else flags
