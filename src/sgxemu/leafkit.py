@@ -41,6 +41,15 @@ _TOKEN = 0x4800
 _HOST_RIP = 0x40_0000  # where "host code" executes ENCLU in the process address space
 _AEP = 0x40_1000
 
+# Hot-path constants: enum class attribute lookups and struct format parsing are slow.
+_PAGEINFO_FMT = struct.Struct("<4Q")
+_U64 = struct.Struct("<Q")
+_SECINFO_TAIL = bytes(56)
+_REG_FLAGS = secinfo_flags(PageType.PT_REG)
+_RAX, _RBX, _RCX, _RDX, _RIP = Reg.RAX, Reg.RBX, Reg.RCX, Reg.RDX, Reg.RIP
+_EAUG, _EMODPR, _ETRACK, _EBLOCK = EnclsLeaf.EAUG, EnclsLeaf.EMODPR, EnclsLeaf.ETRACK, EnclsLeaf.EBLOCK
+_EWB, _ELDB, _ELDU = EnclsLeaf.EWB, EnclsLeaf.ELDB, EnclsLeaf.ELDU
+
 
 @dataclass
 class Enclave:
@@ -76,6 +85,10 @@ class LeafKit:
         """Index of a free EPC page (first fit from a rotating cursor)."""
         epcm = self.cpu.epcm
         n = self.cpu.epc.npages
+        i = self._next_free % n
+        if i not in epcm:  # hot path: the cursor's page is free (the loop's first step)
+            self._next_free = (i + 1) % n
+            return i
         for step in range(n):
             i = (self._next_free + step) % n
             if i not in epcm:
@@ -87,11 +100,11 @@ class LeafKit:
         return self.cpu.encls(leaf, rbx, rcx, rdx, mem=self.kmem)
 
     def pageinfo(self, linaddr: int, srcpge: int, secinfo: int, secs: int) -> int:
-        self.kmem.write(_PAGEINFO, struct.pack("<4Q", linaddr, srcpge, secinfo, secs))
+        self.kmem.write(_PAGEINFO, _PAGEINFO_FMT.pack(linaddr, srcpge, secinfo, secs))
         return _PAGEINFO
 
     def secinfo(self, flags: int) -> int:
-        self.kmem.write(_SECINFO, struct.pack("<Q", flags) + bytes(56))
+        self.kmem.write(_SECINFO, _U64.pack(flags) + _SECINFO_TAIL)
         return _SECINFO
 
     # -- building ------------------------------------------------------------------------------
@@ -175,12 +188,13 @@ class LeafKit:
         self, regs: Registers, leaf: EncluLeaf, rbx: int = 0, rcx: int = 0, rdx: int = 0, lp: int = 0
     ) -> int:
         """An ENCLU executed by enclave code (RIP stays where it was); returns RAX."""
-        regs[Reg.RAX] = leaf
-        regs[Reg.RBX] = rbx
-        regs[Reg.RCX] = rcx
-        regs[Reg.RDX] = rdx
-        self.cpu.enclu(self.cpu.lp(lp), regs, self.umem)
-        return regs[Reg.RAX]
+        regs[_RAX] = leaf
+        regs[_RBX] = rbx
+        regs[_RCX] = rcx
+        regs[_RDX] = rdx
+        cpu = self.cpu
+        cpu.enclu(cpu.lp(lp), regs, self.umem)
+        return regs[_RAX]
 
     def eexit(self, regs: Registers, lp: int = 0) -> Registers:
         self.enclu(regs, EncluLeaf.EEXIT, _HOST_RIP + 3, lp=lp)
@@ -190,22 +204,20 @@ class LeafKit:
     def eaug(self, encl: Enclave, lin: int) -> int:
         """EAUG a zeroed PENDING RW- page at `lin` and map it in the process; returns its address."""
         pa = self.alloc()
-        self.encls(EnclsLeaf.EAUG, self.pageinfo(lin, 0, 0, encl.secs_pa), pa)
+        self.encls(_EAUG, self.pageinfo(lin, 0, 0, encl.secs_pa), pa)
         self.map(encl, lin, pa)
         return pa
 
     def emodpr(self, encl: Enclave, lin: int, perms: int) -> int:
         """EMODPR the page mapped at `lin` with the RWX mask `perms`; returns RAX."""
-        return self.encls(
-            EnclsLeaf.EMODPR, self.secinfo(secinfo_flags(PageType.PT_REG, perms)), encl.pages[lin]
-        )
+        return self.encls(_EMODPR, self.secinfo(_REG_FLAGS | perms), encl.pages[lin])
 
     def emodt(self, encl: Enclave, lin: int, page_type: PageType) -> int:
         """EMODT the page mapped at `lin` to `page_type` (TCS or TRIM); returns RAX."""
         return self.encls(EnclsLeaf.EMODT, self.secinfo(secinfo_flags(page_type)), encl.pages[lin])
 
     def etrack(self, encl: Enclave) -> int:
-        return self.encls(EnclsLeaf.ETRACK, 0, encl.secs_pa)
+        return self.encls(_ETRACK, 0, encl.secs_pa)
 
     def eremove(self, encl: Enclave, lin: int) -> int:
         """EREMOVE the page mapped at `lin`; on success it is also unmapped from the process."""
@@ -223,7 +235,7 @@ class LeafKit:
         return pa
 
     def eblock(self, pa: int) -> int:
-        return self.encls(EnclsLeaf.EBLOCK, 0, pa)
+        return self.encls(_EBLOCK, 0, pa)
 
     def ewb(self, pa: int, va_slot: int) -> tuple[int, PagedOut]:
         """EWB the EPC page `pa` with its version in `va_slot`: (RAX, what EWB wrote out).
@@ -231,9 +243,10 @@ class LeafKit:
         The PagedOut is only meaningful when RAX is 0 or SGX_VA_SLOT_OCCUPIED.
         """
         rbx = self.pageinfo(0, _SOURCE, _PCMD, 0)
-        code = self.encls(EnclsLeaf.EWB, rbx, pa, va_slot)
-        linaddr = struct.unpack("<Q", self.kmem.read(rbx, 8))[0]
-        blob = PagedOut(self.kmem.read(_SOURCE, PAGE_SIZE), self.kmem.read(_PCMD, 128), linaddr)
+        kmem = self.kmem
+        code = self.cpu.encls(_EWB, rbx, pa, va_slot, mem=kmem)
+        linaddr = _U64.unpack(kmem.read(rbx, 8))[0]
+        blob = PagedOut(kmem.read(_SOURCE, PAGE_SIZE), kmem.read(_PCMD, 128), linaddr)
         return code, blob
 
     def eld(
@@ -243,10 +256,12 @@ class LeafKit:
 
         `secs_pa` is PAGEINFO.SECS: the owning SECS for enclave pages, 0 for an SECS or a VA page.
         """
-        self.kmem.write(_SOURCE, blob.contents)
-        self.kmem.write(_PCMD, blob.pcmd)
-        leaf = EnclsLeaf.ELDB if blocked else EnclsLeaf.ELDU
-        return self.encls(leaf, self.pageinfo(blob.linaddr, _SOURCE, _PCMD, secs_pa), pa, va_slot)
+        kmem = self.kmem
+        kmem.write(_SOURCE, blob.contents)
+        kmem.write(_PCMD, blob.pcmd)
+        leaf = _ELDB if blocked else _ELDU
+        rbx = self.pageinfo(blob.linaddr, _SOURCE, _PCMD, secs_pa)
+        return self.cpu.encls(leaf, rbx, pa, va_slot, mem=kmem)
 
     def edbgrd(self, addr: int) -> tuple[int, int]:
         """EDBGRD the quadword at EPC address `addr`: (RAX, RBX); RBX is 0 on an error code."""

@@ -19,6 +19,7 @@ PTE_A = 1 << 5
 PTE_D = 1 << 6
 PTE_XD = 1 << 63
 PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+_OFFSET_MASK = PAGE_SIZE - 1
 
 
 class AddressSpace(Protocol):
@@ -48,7 +49,9 @@ class FlatMemory:
         self.epc_base = epc_base
         self.epc_end = epc_end
         self._flags = PTE_P | PTE_W | (PTE_U if user else 0)
-        self._pages: dict[int, bytearray] = {}
+        # Backed pages as writable views over their bytearrays: slicing a view copies nothing,
+        # so a read copies the bytes once and a write stores them once.
+        self._pages: dict[int, memoryview] = {}
         self._overrides: dict[int, int] = {}
 
     def translate(self, lin: int) -> int:
@@ -68,17 +71,21 @@ class FlatMemory:
         else:
             self._overrides[page] = pte
 
-    def _page(self, lin: int) -> bytearray:
+    def _page(self, lin: int) -> memoryview:
         page = lin & PAGE_MASK
         buf = self._pages.get(page)
         if buf is None:
-            buf = self._pages[page] = bytearray(PAGE_SIZE)
+            buf = self._pages[page] = memoryview(bytearray(PAGE_SIZE))
         return buf
 
     def read(self, lin: int, size: int) -> bytes:
+        off = lin & _OFFSET_MASK
+        if 0 < size <= PAGE_SIZE - off:  # hot path: within one page
+            buf = self._pages.get(lin - off)
+            return buf[off : off + size].tobytes() if buf is not None else bytes(size)
         out = bytearray()
         while size > 0:
-            off = lin & (PAGE_SIZE - 1)
+            off = lin & _OFFSET_MASK
             n = min(size, PAGE_SIZE - off)
             buf = self._pages.get(lin & PAGE_MASK)
             out += buf[off : off + n] if buf is not None else bytes(n)
@@ -87,10 +94,15 @@ class FlatMemory:
         return bytes(out)
 
     def write(self, lin: int, data: bytes) -> None:
+        off = lin & _OFFSET_MASK
+        n = len(data)
+        if 0 < n <= PAGE_SIZE - off:  # hot path: within one page
+            self._page(lin)[off : off + n] = data
+            return
         pos = 0
-        while pos < len(data):
-            off = lin & (PAGE_SIZE - 1)
-            n = min(len(data) - pos, PAGE_SIZE - off)
-            self._page(lin)[off : off + n] = data[pos : pos + n]
-            lin += n
-            pos += n
+        while pos < n:
+            off = lin & _OFFSET_MASK
+            step = min(n - pos, PAGE_SIZE - off)
+            self._page(lin)[off : off + step] = data[pos : pos + step]
+            lin += step
+            pos += step

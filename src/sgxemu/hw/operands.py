@@ -21,6 +21,7 @@ _P = int(PfErrorCode.P)
 _W = int(PfErrorCode.W)
 _U = int(PfErrorCode.U)
 _SGX = int(PfErrorCode.SGX)
+_OFFSET_MASK = ~PAGE_MASK
 
 
 def require_aligned(addr: int, alignment: int) -> None:
@@ -57,20 +58,27 @@ def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: b
 
     Outside enclave mode EPC reads as all ones (abort-page semantics, SDM 38.5.1 / spec 6.2).
     """
-    pte = translate(mem, lin, False, user)
-    if cpu.epc.index(pte & PTE_ADDR_MASK) >= 0:
+    # Hot path: `translate` and `Epc.index` inlined; `translate` runs only to raise its #PF.
+    pte = mem.translate(lin)
+    if not pte & PTE_P or (user and not pte & PTE_U):
+        translate(mem, lin, False, user)
+    epc = cpu.epc
+    if epc.base <= pte & PTE_ADDR_MASK < epc.end:
         return b"\xff" * size
-    if (lin & ~PAGE_MASK) + size > 4096:
+    if (lin & _OFFSET_MASK) + size > 4096:
         translate(mem, (lin & PAGE_MASK) + 4096, False, user)
     return mem.read(lin, size)
 
 
 def write_operand(cpu: Processor, mem: AddressSpace, lin: int, data: bytes, user: bool) -> None:
     """Write a non-enclave operand (EWB's page and PCMD, PAGEINFO.LINADDR). EPC writes drop."""
-    pte = translate(mem, lin, True, user)
-    if cpu.epc.index(pte & PTE_ADDR_MASK) >= 0:
+    pte = mem.translate(lin)
+    if not pte & PTE_P or not pte & PTE_W or (user and not pte & PTE_U):
+        translate(mem, lin, True, user)
+    epc = cpu.epc
+    if epc.base <= pte & PTE_ADDR_MASK < epc.end:
         return
-    if (lin & ~PAGE_MASK) + len(data) > 4096:
+    if (lin & _OFFSET_MASK) + len(data) > 4096:
         translate(mem, (lin & PAGE_MASK) + 4096, True, user)
     mem.write(lin, data)
 

@@ -38,11 +38,24 @@ def mac_header(eid: int, linaddr: int, secinfo: bytes, rsvd: bytes = b"") -> byt
     return _HEADER.pack(eid & _U64_MASK, linaddr & _U64_MASK, secinfo, rsvd.ljust(48, b"\0"))
 
 
+# The same layout for EWB, whose SECINFO is FLAGS alone and RSVD all zero (struct pads).
+_EWB_HEADER = struct.Struct("<QQQ56x48x")
+
+
+def ewb_header(eid: int, linaddr: int, flags: int) -> bytes:
+    """`mac_header(eid, linaddr, SECINFO with only FLAGS set)`: the header EWB authenticates."""
+    return _EWB_HEADER.pack(eid & _U64_MASK, linaddr & _U64_MASK, flags)
+
+
 def header_from_pcmd(eid: int, linaddr: int, pcmd: bytes) -> bytes:
     """The header ELD* rebuild: SECINFO and RSVD from the PCMD, LINADDR from PAGEINFO."""
-    secinfo = pcmd[PCMD_OFF_SECINFO : PCMD_OFF_SECINFO + 64]
-    rsvd = pcmd[PCMD_OFF_RESERVED : PCMD_OFF_RESERVED + _PCMD_RESERVED_SIZE]
-    return mac_header(eid, linaddr, secinfo, rsvd)
+    # mac_header without its length checks: both slices have fixed sizes (64 and 40 bytes).
+    return _HEADER.pack(
+        eid & _U64_MASK,
+        linaddr & _U64_MASK,
+        pcmd[PCMD_OFF_SECINFO : PCMD_OFF_SECINFO + 64],
+        pcmd[PCMD_OFF_RESERVED : PCMD_OFF_RESERVED + _PCMD_RESERVED_SIZE],  # padded to 48
+    )
 
 
 def iv(version: int) -> bytes:
@@ -59,7 +72,7 @@ def _cipher(key: bytes) -> AESGCM:
     return AESGCM(key)
 
 
-def seal(key: bytes, version: int, header: bytes, page: bytes) -> tuple[bytes, bytes]:
+def seal(key: bytes, version: int, header: bytes, page: bytes | memoryview) -> tuple[bytes, bytes]:
     """AES-GCM encrypt a 4 KiB page: (ciphertext, 16-byte MAC)."""
     out = _cipher(key).encrypt(iv(version), page, header)
     return out[:-MAC_SIZE], out[-MAC_SIZE:]
@@ -73,11 +86,14 @@ def unseal(key: bytes, version: int, header: bytes, ciphertext: bytes, mac: byte
         return None
 
 
+# SECINFO (FLAGS, then 56 zero bytes), ENCLAVEID, RESERVED (40 zero bytes), MAC.
+_PCMD = struct.Struct("<Q56xQ40x16s")
+assert _PCMD.size == PCMD_SIZE
+
+
 def pcmd_image(flags: int, enclaveid: int, mac: bytes) -> bytes:
     """The PCMD EWB writes: SECINFO (FLAGS only), ENCLAVEID, RESERVED = 0, MAC."""
-    raw = struct.pack("<Q56sQ40s16s", flags, bytes(56), enclaveid & _U64_MASK, bytes(40), mac)
-    assert len(raw) == PCMD_SIZE
-    return raw
+    return _PCMD.pack(flags, enclaveid & _U64_MASK, mac)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +135,7 @@ _SECS_HIDDEN = struct.Struct("<" + "".join(code for _, code in SECS_HIDDEN_FIELD
 assert SECS_HIDDEN_OFFSET + _SECS_HIDDEN.size <= PAGE_SIZE
 
 
-def secs_plaintext(page: bytes, secs: SecsState, parked: bool) -> bytes:
+def secs_plaintext(page: bytes | memoryview, secs: SecsState, parked: bool) -> bytes:
     """The SECS page as EWB encrypts it: architectural bytes plus the serialized hidden state."""
     values = [
         int(parked) if name == "parked" else getattr(secs, name) for name, _ in SECS_HIDDEN_FIELDS

@@ -56,6 +56,10 @@ SUPPORTED_MISCSELECT = int(Miscselect.EXINFO)
 MAX_ENCLAVE_SIZE_LOG2_32 = 31
 MAX_ENCLAVE_SIZE_LOG2_64 = 56
 
+# The ENCLU front's hot-path constants (enum class attribute lookups are slow).
+_RAX = Reg.RAX
+_ENTERING = frozenset({EncluLeaf.EENTER, EncluLeaf.ERESUME})
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -174,11 +178,11 @@ class Processor:
         """Execute ENCLU at CPL 3 with RIP at the instruction; registers updated in place."""
         if not self.feature_control & FEATURE_CONTROL_SGX_ENABLE:
             raise InvalidOpcode()
-        leaf = regs[Reg.RAX] & 0xFFFF_FFFF
+        leaf = regs[_RAX] & 0xFFFF_FFFF
         fn = ENCLU_LEAVES.get(leaf)
         if fn is None or (not self.sgx2 and leaf in SGX2_ENCLU):
             raise GeneralProtection()
-        entering = leaf in (EncluLeaf.EENTER, EncluLeaf.ERESUME)
+        entering = leaf in _ENTERING
         if entering == lp.enclave_mode:
             raise GeneralProtection()  # EENTER/ERESUME inside, or an in-enclave leaf outside
         self.enclu_count[leaf] += 1

@@ -4,51 +4,61 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...arch.constants import PAGE_SIZE, SECINFO_ALIGN, SECINFO_SIZE, EnclsLeaf, PageType
-from ..epcm import EpcmEntry
+from ...arch.constants import SECINFO_SIZE, Attribute, EnclsLeaf, PageType
+from ..epcm import PENDING, EpcmEntry
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
-from ..operands import epc_page, epcm_fault, read_operand, read_pageinfo, require_aligned
+from ..operands import epc_page, epcm_fault, read_operand, read_pageinfo
 
 if TYPE_CHECKING:
     from ..memory import AddressSpace
     from ..processor import Processor
 
 _RW = 0b011
+# Plain module constants: enum class attribute lookups and IntFlag arithmetic are slow here.
+_PT_REG = PageType.PT_REG
+_PT_SECS = PageType.PT_SECS
+_INIT = int(Attribute.INIT)
 
 
 @encls_leaf(EnclsLeaf.EAUG)
 def eaug(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int:
-    require_aligned(rbx, 32)
-    require_aligned(rcx, PAGE_SIZE)
+    # Hot path: each `if x & (alignment - 1): raise GeneralProtection()` is require_aligned.
+    if rbx & 31:
+        raise GeneralProtection()
+    if rcx & 0xFFF:
+        raise GeneralProtection()
     index = epc_page(cpu, mem, rcx, True, False)
     linaddr, srcpge, secinfo, secs_addr = read_pageinfo(cpu, mem, rbx)
-    if secinfo:
-        require_aligned(secinfo, SECINFO_ALIGN)
-    require_aligned(secs_addr, PAGE_SIZE)
-    require_aligned(linaddr, PAGE_SIZE)
+    if secinfo & 63:  # SECINFO_ALIGN (an absent SECINFO, 0, is aligned)
+        raise GeneralProtection()
+    if secs_addr & 0xFFF:
+        raise GeneralProtection()
+    if linaddr & 0xFFF:
+        raise GeneralProtection()
     if srcpge:
         raise GeneralProtection()
     secs_index = epc_page(cpu, mem, secs_addr, False, False)
-    if index in cpu.epcm:
+    epcm = cpu.epcm
+    if index in epcm:
         raise epcm_fault(rcx, write=True)
     if secinfo:
         # Only CET shadow-stack page types may be named; CET is not modelled, so a SECINFO is
         # read (and may fault like any operand) and then always refused [choice].
         read_operand(cpu, mem, secinfo, SECINFO_SIZE, False)
         raise GeneralProtection()
-    secs_entry = cpu.epcm.get(secs_index)
-    if secs_entry is None or secs_entry.pt is not PageType.PT_SECS:
+    secs_entry = epcm.get(secs_index)
+    if secs_entry is None or secs_entry.pt is not _PT_SECS:
         raise epcm_fault(secs_addr)
     secs = secs_entry.secs
     assert secs is not None
-    if not secs.init:
+    if not secs.attributes & _INIT:  # secs.init
         raise GeneralProtection()
-    if not secs.in_elrange(linaddr):
+    if not secs.baseaddr <= linaddr < secs.baseaddr + secs.size:  # secs.in_elrange(linaddr)
         raise GeneralProtection()
     cpu.epc.zero(index)
-    entry = EpcmEntry(PageType.PT_REG, secs, linaddr, _RW)
-    entry.pending = True
-    cpu.epcm[index] = entry
+    entry = EpcmEntry(_PT_REG, secs, linaddr, _RW)
+    entry.state = PENDING
+    epcm[index] = entry
     secs.chldcnt += 1
     return 0

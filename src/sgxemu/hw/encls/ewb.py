@@ -2,103 +2,129 @@
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from ...arch.constants import (
-    PAGE_MASK,
     PAGE_SIZE,
-    PCMD_ALIGN,
-    VA_SLOT_SIZE,
     EnclsLeaf,
     PageType,
     SgxError,
 )
-from ...arch.structs import va_read_slot, va_write_slot
+from ..epcm import BLOCKED, MODIFIED, PENDING, PR
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
+from ..memory import PTE_ADDR_MASK
 from ..operands import (
     epc_page,
     epcm_fault,
     read_pageinfo,
-    require_aligned,
     translate,
-    write_operand,
 )
-from ..paging_crypto import mac_header, pcmd_image, seal, secs_plaintext
+from ..paging_crypto import ewb_header, pcmd_image, seal, secs_plaintext
 from .eremove import free_page
 
 if TYPE_CHECKING:
+    from ..epc import Epc
     from ..memory import AddressSpace
     from ..processor import Processor
 
+# Plain module constants: class attribute lookups on the enums are slow on this hot path.
 _PT_SECS = PageType.PT_SECS
 _PT_VA = PageType.PT_VA
-_CHILD_TYPES = (PageType.PT_REG, PageType.PT_TCS, PageType.PT_TRIM)
+_CHILD_TYPES = frozenset({PageType.PT_REG, PageType.PT_TCS, PageType.PT_TRIM})
+_SAVED_STATE = PENDING | MODIFIED | PR  # the EPCM state bits SECINFO.FLAGS carries (bits 3..5)
+_PAGE_NOT_BLOCKED = SgxError.SGX_PAGE_NOT_BLOCKED
+_NOT_TRACKED = SgxError.SGX_NOT_TRACKED
+_CHILD_PRESENT = SgxError.SGX_CHILD_PRESENT
+_VA_SLOT_OCCUPIED = SgxError.SGX_VA_SLOT_OCCUPIED
+_OFFSET_MASK = PAGE_SIZE - 1
+_SLOT = struct.Struct("<Q")  # a VA slot: one little-endian version
+
+
+def _store(epc: Epc, mem: AddressSpace, pte: int, lin: int, data: bytes) -> None:
+    """`write_operand` once its translation has been probed: a write to EPC drops.
+
+    The outputs are aligned (SRCPGE to a page, PCMD to 128, PAGEINFO to 32), so none crosses
+    a page and the probe's PTE is the only one involved.
+    """
+    if not epc.base <= pte & PTE_ADDR_MASK < epc.end:
+        mem.write(lin, data)
 
 
 @encls_leaf(EnclsLeaf.EWB)
 def ewb(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int:
-    require_aligned(rbx, 32)
-    require_aligned(rcx, PAGE_SIZE)
+    # Hot path: each `if x & (alignment - 1): raise GeneralProtection()` is require_aligned.
+    if rbx & 31:
+        raise GeneralProtection()
+    if rcx & 0xFFF:
+        raise GeneralProtection()
     index = epc_page(cpu, mem, rcx, True, False)
-    require_aligned(rdx, VA_SLOT_SIZE)
+    if rdx & 7:  # VA_SLOT_SIZE
+        raise GeneralProtection()
     va_index = epc_page(cpu, mem, rdx, True, False)
     if va_index == index:
         raise GeneralProtection()
     linaddr, srcpge, pcmd, secs_field = read_pageinfo(cpu, mem, rbx)
     if linaddr != 0 or secs_field != 0:
         raise GeneralProtection()
-    require_aligned(pcmd, PCMD_ALIGN)
-    require_aligned(srcpge, PAGE_SIZE)
-    entry = cpu.epcm.get(index)
+    if pcmd & 127:  # PCMD_ALIGN
+        raise GeneralProtection()
+    if srcpge & 0xFFF:
+        raise GeneralProtection()
+    epcm = cpu.epcm
+    entry = epcm.get(index)
     if entry is None:
         raise epcm_fault(rcx, write=True)
-    va_entry = cpu.epcm.get(va_index)
+    va_entry = epcm.get(va_index)
     if va_entry is None or va_entry.pt is not _PT_VA:
         raise epcm_fault(rdx, write=True)
     # [choice] "EBLOCK not correct" (#GP) is a concurrency check; a sequential model never hits it.
     pt = entry.pt
     secs = entry.secs
-    page = cpu.epc.read(index, 0, PAGE_SIZE)
-    if pt in _CHILD_TYPES:
+    child = pt in _CHILD_TYPES
+    if child:
         assert secs is not None
-        if not entry.blocked:
-            return SgxError.SGX_PAGE_NOT_BLOCKED
+        if not entry.state & BLOCKED:
+            return _PAGE_NOT_BLOCKED
         if not secs.tracked_since(entry.epoch):
-            return SgxError.SGX_NOT_TRACKED
+            return _NOT_TRACKED
         header_eid = enclaveid = secs.eid
     elif pt is _PT_SECS:
         assert secs is not None
         if secs.chldcnt:
-            return SgxError.SGX_CHILD_PRESENT
+            return _CHILD_PRESENT
         header_eid, enclaveid = 0, secs.eid
     else:  # PT_VA: never mapped, so no blocking or tracking
         header_eid = enclaveid = 0
     # [choice] The three outputs are probed for writability before anything changes, so a #PF
     # on SRCPGE, PCMD or PAGEINFO leaves the page resident and the slot untouched.
-    translate(mem, srcpge, True, False)
-    translate(mem, pcmd, True, False)
-    translate(mem, rbx, True, False)
-    parked = False
+    src_pte = translate(mem, srcpge, True, False)
+    pcmd_pte = translate(mem, pcmd, True, False)
+    info_pte = translate(mem, rbx, True, False)
+    epc = cpu.epc
+    page: bytes | memoryview = epc.page(index)  # a live view: AES-GCM reads it in place
     if pt is _PT_SECS:
         assert secs is not None
+        parked = False
         if secs.measurement is not None:
             cpu.parked_measurements[secs.eid] = secs.measurement
             parked = True
         page = secs_plaintext(page, secs, parked)
-    flags = entry.secinfo_flags()
-    header = mac_header(header_eid, entry.linaddr, flags.to_bytes(8, "little") + bytes(56))
-    slot = (rdx & ~PAGE_MASK) // VA_SLOT_SIZE
-    va_page = cpu.epc.page(va_index)
-    occupied = va_read_slot(va_page, slot) != 0
+    # EpcmEntry.secinfo_flags(): PT, RWX, PENDING/MODIFIED/PR (written out on this hot path).
+    flags = (pt << 8) | entry.perms | ((entry.state & _SAVED_STATE) << 3)
+    header = ewb_header(header_eid, entry.linaddr, flags)
+    # The VA slot is the quadword RDX names within the VA page.
+    slot_offset = (va_index << 12) + (rdx & _OFFSET_MASK)
+    occupied = _SLOT.unpack_from(epc.buffer, slot_offset)[0] != 0
     version = cpu.new_paging_version()
     ciphertext, mac = seal(cpu.base_pk, version, header, page)
-    write_operand(cpu, mem, srcpge, ciphertext, False)
-    write_operand(cpu, mem, pcmd, pcmd_image(flags, enclaveid, mac), False)
-    write_operand(cpu, mem, rbx, entry.linaddr.to_bytes(8, "little"), False)  # PAGEINFO.LINADDR
-    va_write_slot(va_page, slot, version)  # an occupied slot is overwritten all the same
+    _store(epc, mem, src_pte, srcpge, ciphertext)
+    _store(epc, mem, pcmd_pte, pcmd, pcmd_image(flags, enclaveid, mac))
+    _store(epc, mem, info_pte, rbx, entry.linaddr.to_bytes(8, "little"))  # PAGEINFO.LINADDR
+    _SLOT.pack_into(epc.buffer, slot_offset, version)  # an occupied slot is overwritten all the same
     free_page(cpu, index)
-    if pt in _CHILD_TYPES:
+    if child:
         assert secs is not None
         secs.chldcnt -= 1
-    return SgxError.SGX_VA_SLOT_OCCUPIED if occupied else 0
+    return _VA_SLOT_OCCUPIED if occupied else 0

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from ...arch.constants import (
     PAGE_MASK,
     PAGE_SIZE,
-    SECINFO_ALIGN,
     SECINFO_FLAGS_RESERVED_MASK,
     SECINFO_PAGE_TYPE_SHIFT,
     SECINFO_PERM_MASK,
@@ -20,9 +19,10 @@ from ...arch.constants import (
     TcsFlags,
 )
 from ...arch.structs import TCS_OFF_OCETSSA
+from ..epcm import BLOCKED, MODIFIED, PENDING, PR, UNUSABLE, R
 from ..faults import GeneralProtection
 from ..leaves import enclu_leaf
-from ..operands import epc_page, epcm_fault, read_u64, require_aligned
+from ..operands import epc_page, epcm_fault
 from ..regs import Reg, set_result
 
 if TYPE_CHECKING:
@@ -32,12 +32,23 @@ if TYPE_CHECKING:
     from ..regs import RegisterFile
     from ..secs import SecsState
 
+# Plain module constants: enum class attribute lookups and IntFlag arithmetic are slow on the
+# EACCEPT/EACCEPTCOPY/EMODPE hot paths.
 _PT_REG = PageType.PT_REG
-_ACCEPTABLE = (PageType.PT_REG, PageType.PT_TCS, PageType.PT_TRIM)
+_PT_TCS = PageType.PT_TCS
+_TCS_OR_TRIM = frozenset({PageType.PT_TCS, PageType.PT_TRIM})
+_ACCEPTABLE = frozenset({PageType.PT_REG, PageType.PT_TCS, PageType.PT_TRIM})
 _STATE_BITS = int(SecinfoFlags.PENDING | SecinfoFlags.MODIFIED)
 _PENDING = int(SecinfoFlags.PENDING)
 _MODIFIED = int(SecinfoFlags.MODIFIED)
 _PR = int(SecinfoFlags.PR)
+_RBX, _RCX, _RIP = Reg.RBX, Reg.RCX, Reg.RIP
+_ATTRIBUTES_MISMATCH = SgxError.SGX_PAGE_ATTRIBUTES_MISMATCH
+_NOT_TRACKED = SgxError.SGX_NOT_TRACKED
+_SUCCESS = SgxError.SUCCESS
+_OFFSET_MASK = PAGE_SIZE - 1
+_SECINFO_RESERVED_BYTES = SECINFO_SIZE - 8
+_U64 = struct.Struct("<Q")
 # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFSBASGX, OGSBASGX, FSLIMIT, GSLIMIT.
 _TCS = struct.Struct("<QQQIIQQQQII")
 
@@ -52,18 +63,16 @@ def in_enclave_secinfo(cpu: Processor, secs: SecsState, index: int, rbx: int) ->
     e = cpu.epcm.get(index)
     if (
         e is None
-        or not e.r
-        or e.pending
-        or e.modified
-        or e.blocked
+        or not e.perms & R
+        or e.state & UNUSABLE  # PENDING, MODIFIED or BLOCKED
         or e.pt is not _PT_REG
         or e.secs is not secs
         or e.linaddr != rbx & PAGE_MASK  # the SDM text's "& FFFH" means the page (spec 12.1)
     ):
         raise epcm_fault(rbx, user=True)
-    raw = cpu.epc.read(index, rbx & (PAGE_SIZE - 1), SECINFO_SIZE)
-    flags = read_u64(raw, 0)
-    if flags & SECINFO_FLAGS_RESERVED_MASK or raw.count(0, 8) != SECINFO_SIZE - 8:
+    raw = cpu.epc.read(index, rbx & _OFFSET_MASK, SECINFO_SIZE)
+    flags: int = _U64.unpack_from(raw, 0)[0]
+    if flags & SECINFO_FLAGS_RESERVED_MASK or raw.count(0, 8) != _SECINFO_RESERVED_BYTES:
         raise GeneralProtection()
     return flags
 
@@ -73,7 +82,7 @@ def _legal_request(flags: int) -> bool:
     pt = (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF
     if pt == _PT_REG:
         return bool(flags & (_PENDING | _PR)) and not flags & _MODIFIED
-    if pt in (PageType.PT_TCS, PageType.PT_TRIM):
+    if pt in _TCS_OR_TRIM:
         return flags & (_PENDING | _MODIFIED | _PR) == _MODIFIED
     return False
 
@@ -92,45 +101,51 @@ def _check_tcs(cpu: Processor, index: int, secs: SecsState) -> None:
         raise GeneralProtection()
 
 
+def _finish(regs: RegisterFile, code: int) -> None:
+    """RAX and RFLAGS for `code`, then RIP past the ENCLU."""
+    set_result(regs, code)
+    regs[_RIP] += 3
+
+
 @enclu_leaf(EncluLeaf.EACCEPT)
 def eaccept(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
     secs = lp.secs
     assert secs is not None
-    rbx, rcx = regs[Reg.RBX], regs[Reg.RCX]
-    require_aligned(rbx, SECINFO_ALIGN)
-    if not secs.in_elrange(rbx):
+    rbx, rcx = regs[_RBX], regs[_RCX]
+    # Hot path: `x & (alignment - 1)` is require_aligned, the range tests are secs.in_elrange.
+    base, end = secs.baseaddr, secs.baseaddr + secs.size
+    if rbx & 63:  # SECINFO_ALIGN
+        raise GeneralProtection()
+    if not base <= rbx < end:
         raise GeneralProtection()
     secinfo_index = epc_page(cpu, mem, rbx, False, True)
     flags = in_enclave_secinfo(cpu, secs, secinfo_index, rbx)
-    require_aligned(rcx, PAGE_SIZE)
-    if not secs.in_elrange(rcx):
+    if rcx & 0xFFF:
+        raise GeneralProtection()
+    if not base <= rcx < end:
         raise GeneralProtection()
     index = epc_page(cpu, mem, rcx, False, True)
     if not _legal_request(flags):
         raise GeneralProtection()
     e = cpu.epcm.get(index)
-    if e is None or e.blocked or e.pt not in _ACCEPTABLE or e.secs is not secs:
+    if e is None or e.state & BLOCKED or e.pt not in _ACCEPTABLE or e.secs is not secs:
         raise epcm_fault(rcx, user=True)
     # PR is not compared: accepting PR on a page never restricted only clears the flags.
+    state = e.state
     if (
         e.linaddr != rcx
-        or e.state_flags & _STATE_BITS != flags & _STATE_BITS
+        or (state & (PENDING | MODIFIED)) << 3 != flags & _STATE_BITS  # EPCM vs SECINFO bits
         or e.perms != flags & SECINFO_PERM_MASK
         or e.pt != (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF
     ):
-        set_result(regs, SgxError.SGX_PAGE_ATTRIBUTES_MISMATCH)
-        regs[Reg.RIP] += 3
+        _finish(regs, _ATTRIBUTES_MISMATCH)
         return
     # A restriction or type change is accepted only once every thread that could still hold a
     # translation from before it (the caller included) has left [model, spec 6.4].
-    if (e.pr or e.modified) and not secs.tracked_since(e.epoch):
-        set_result(regs, SgxError.SGX_NOT_TRACKED)
-        regs[Reg.RIP] += 3
+    if state & (PR | MODIFIED) and not secs.tracked_since(e.epoch):
+        _finish(regs, _NOT_TRACKED)
         return
-    if e.pt is PageType.PT_TCS:
+    if e.pt is _PT_TCS:
         _check_tcs(cpu, index, secs)
-    e.pending = False
-    e.modified = False
-    e.pr = False
-    set_result(regs, SgxError.SUCCESS)
-    regs[Reg.RIP] += 3
+    e.state = state & ~(PENDING | MODIFIED | PR)
+    _finish(regs, _SUCCESS)
