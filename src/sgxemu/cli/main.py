@@ -10,12 +10,16 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from .errors import DEBUG_KEY, SgxemuGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SgxemuGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sgxemu")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback when a command fails.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """sgxemu: an emulator of Intel SGX2 and the Linux SGX driver ABI."""
+    ctx.meta[DEBUG_KEY] = debug
 
 
 @cli.command()
@@ -60,7 +64,7 @@ def _register_commands() -> None:
 
 
 # Modules of sgxemu.cli that each define a click command named `command`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("measure", "selftest", "run", "sign", "trace", "compare")
 
 
 def main() -> None:
