@@ -7,6 +7,7 @@ Each function carries the name of the kernel function it models. They take the m
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,12 +72,17 @@ class SgxVaPage:
 class SgxEnclPage:
     """struct sgx_encl_page: one enclave page, resident (epc_page) or in the backing store."""
 
-    __slots__ = ("desc", "encl", "vm_max_prot_bits", "type", "epc_page", "va_page")
+    __slots__ = (
+        "desc", "encl", "vm_max_prot_bits", "vm_run_prot_bits", "type", "epc_page", "va_page"
+    )
 
     def __init__(self, desc: int, encl: SgxEncl, vm_max_prot_bits: int = 0) -> None:
         self.desc = desc  # linear address | VA slot offset or BEING_RECLAIMED
         self.encl = encl
         self.vm_max_prot_bits = vm_max_prot_bits
+        # The V1/V2 series' record of current rights ("Introduce runtime protection bits");
+        # starts equal to the maximum. Only policies of those designs read it.
+        self.vm_run_prot_bits = vm_max_prot_bits
         self.type = 0
         self.epc_page: SgxEpcPage | None = None
         self.va_page: SgxVaPage | None = None
@@ -283,7 +289,7 @@ def sgx_encl_load_page_in_vma(
     entry = encl.page_array.get(addr >> PAGE_SHIFT)
     if entry is None:
         raise KernelError(errno.EFAULT)
-    if entry.vm_max_prot_bits & vm_prot_bits != vm_prot_bits:
+    if not m.policy.fault_vma_allowed(entry, vm_prot_bits):
         raise KernelError(errno.EFAULT)  # the VMA is more permissive than the page allows
     return __sgx_encl_load_page(m, encl, entry)
 
@@ -309,25 +315,31 @@ def vmf_insert_pfn(m: Machine, vma: Vma, addr: int, entry: SgxEnclPage) -> int:
 def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
     if not encl.test(SGX_ENCL_INITIALIZED):
         return VM_FAULT_SIGBUS
-    # Dynamically added pages get RWX as their maximum: EACCEPT/EMODPE decide the EPCM rights.
-    encl_page = sgx_encl_page_alloc(
-        encl, (addr & PAGE_MASK) - encl.base, SGX_SECINFO_R | SGX_SECINFO_W | SGX_SECINFO_X
-    )
+    # The policy gives the maximum (RWX since Linux 6.0: EACCEPT/EMODPE decide the EPCM rights).
+    encl_page = sgx_encl_page_alloc(encl, (addr & PAGE_MASK) - encl.base, m.policy.eaug_secinfo)
+    reclaim = m.policy.eaug_reclaim  # False since "Support VA page allocation without reclaiming"
     try:
         sgx_encl_load_secs(m, encl)
     except KernelError as e:
         return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     try:
-        epc_page = m.epc.alloc(encl_page, False)
+        epc_page = m.epc.alloc(encl_page, reclaim)
     except KernelError as e:
         return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     try:
-        va_page = sgx_encl_grow(m, encl, False)
+        va_page = sgx_encl_grow(m, encl, reclaim)
     except KernelError as e:
         sgx_encl_free_epc_page(m, epc_page)
         return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     if va_page is not None:
         encl.va_pages.insert(0, va_page)
+    if encl.secs.epc_page is None:  # direct reclaim above evicted the SECS: the 2023 reload
+        try:
+            sgx_encl_load_secs(m, encl)
+        except KernelError as e:
+            sgx_encl_shrink(m, encl, va_page)
+            sgx_encl_free_epc_page(m, epc_page)
+            return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     key = encl_page.desc >> PAGE_SHIFT
     if key in encl.page_array:  # xa_insert -EBUSY: created meanwhile in another flow
         sgx_encl_shrink(m, encl, va_page)
@@ -367,7 +379,12 @@ def sgx_vma_fault(m: Machine, vma: Vma, addr: int) -> int:
 
 
 # sgx_encl_may_map (encl.c): the Linux 6.0 rule; policies may replace it
-def sgx_encl_may_map(encl: SgxEncl, start: int, end: int, vm_flags: int, personality: int) -> None:
+def sgx_encl_may_map(
+    encl: SgxEncl, start: int, end: int, vm_flags: int, personality: int,
+    rights: Callable[[SgxEnclPage], int] | None = None,
+) -> None:
+    """`rights` is the page record mappings are checked against (default vm_max_prot_bits;
+    the V1/V2 series used vm_run_prot_bits)."""
     vm_prot_bits = vm_flags & VM_ACCESS_FLAGS
     if encl.test(SGX_ENCL_INITIALIZED) and (start < encl.base or end > encl.base + encl.size):
         raise KernelError(errno.EACCES)
@@ -380,7 +397,8 @@ def sgx_encl_may_map(encl: SgxEncl, start: int, end: int, vm_flags: int, persona
         page = array.get(key)
         if page is None or not first <= key <= last:
             continue  # addresses with no page yet are unconstrained
-        if ~page.vm_max_prot_bits & vm_prot_bits:
+        allowed = page.vm_max_prot_bits if rights is None else rights(page)
+        if ~allowed & vm_prot_bits:
             raise KernelError(errno.EACCES)
 
 
@@ -433,6 +451,11 @@ class SgxVmOps:
 
     def __init__(self, m: Machine) -> None:
         self.m = m
+
+    @property
+    def wants_writenotify(self) -> bool:
+        """The policy installs a .pfn_mkwrite (vma_wants_writenotify)."""
+        return self.m.policy.wants_writenotify
 
     def fault(self, vma: Vma, addr: int) -> int:
         return sgx_vma_fault(self.m, vma, addr)

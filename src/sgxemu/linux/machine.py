@@ -1,8 +1,8 @@
 """A machine: one SGX processor, the Linux SGX subsystem, processes, and a deterministic
 scheduler for threads inside enclaves.
 
-`Machine(epc_size=..., sgx2=..., flc=..., cpus=..., seed=..., engine=...)`; `spawn()` makes a
-process. `engine` chooses how enclave code runs: "native" (Unicorn), or any callable
+`Machine(epc_size=..., sgx2=..., flc=..., cpus=..., seed=..., engine=..., kernel=...)`;
+`spawn()` makes a process. `kernel` picks the driver design (`sgxemu.linux.variants`). `engine` chooses how enclave code runs: "native" (Unicorn), or any callable
 `(cpu, lp, mem) -> Engine` (e.g. a scripted engine bound to a program).
 """
 
@@ -25,10 +25,13 @@ from .policy import Linux60
 from .process import Process
 from .reclaim import ksgxd, sgx_reclaim_pages
 from .usermem import DEFAULT_ARENA
+from .variants import kernel_policy
 
 if TYPE_CHECKING:
     from .process import Thread
+    from .tracehook import KernelTracer
     from .vdso import EnclaveCall
+    from .vma import Mm
 
 EngineFactory = Callable[[Processor, LogicalProcessor, AddressSpace], Engine]
 
@@ -46,6 +49,7 @@ class MachineStats:
     reclaim_batches: int = 0
     pages_reclaimed: int = 0
     ksgxd_runs: int = 0
+    aexes: int = 0  # asynchronous exits seen by vDSO calls (faults and interrupts)
 
 
 def _resolve_engine(engine: str | EngineFactory | None) -> EngineFactory:
@@ -73,6 +77,7 @@ class Machine:
         *,
         epc_sections: int = 1,
         policy: Linux60 | None = None,
+        kernel: str = "merged",
         arena_size: int = DEFAULT_ARENA,
         slice_budget: int = DEFAULT_SLICE,
         ksgxd: bool = True,
@@ -84,7 +89,8 @@ class Machine:
                 seed=seed,
             )
         )
-        self.policy = policy if policy is not None else Linux60()
+        # The driver design: "merged" (Linux >= 6.0) or a 2021-22 variant (linux/variants).
+        self.policy = policy if policy is not None else kernel_policy(kernel)
         self.stats = MachineStats()
         self.encls = Encls(self.cpu)
         self.epc = SgxEpc(self.cpu)
@@ -106,15 +112,19 @@ class Machine:
         # Test hook: called at the kernel's cond_resched() points with the current thread
         # (e.g. to issue a concurrent ioctl and see EBUSY, or to post a signal).
         self.on_resched: Callable[[Thread | None], None] | None = None
+        # Optional event recorder (sgxemu.trace): system calls, user faults, vDSO returns.
+        # `sgxemu.trace.Tracer.attach` sets it together with `cpu.tracer`.
+        self.tracer: KernelTracer | None = None
 
     def __repr__(self) -> str:
         return f"Machine(epc={self.cpu.epc.npages} pages, free={self.epc.nr_free_pages})"
 
     # -- processes --------------------------------------------------------------------------------
-    def spawn(self) -> Process:
+    def spawn(self, *, mm: Mm | None = None) -> Process:
+        """A new process; `mm` replaces its address space (the preload's host memory)."""
         pid = self._next_pid
         self._next_pid += 1
-        proc = Process(self, pid, self.arena_size)
+        proc = Process(self, pid, self.arena_size, mm=mm)
         self.processes[pid] = proc
         return proc
 
@@ -211,9 +221,11 @@ class Machine:
         assert call.result is not None
         return call.result
 
-    def run_slice(self) -> None:
-        """Give every active call one turn (a slice when several are active)."""
-        budget = self.slice_budget if len(self.calls) > 1 else None
+    def run_slice(self, budget: int | None = None) -> None:
+        """Give every active call one turn (a slice when several are active, or `budget`
+        instructions each when given: a thread may then stop inside its enclave)."""
+        if budget is None:
+            budget = self.slice_budget if len(self.calls) > 1 else None
         for call in list(self.calls):
             if call.done or call.busy:
                 continue  # busy: its user handler is what is running now

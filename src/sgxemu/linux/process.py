@@ -40,6 +40,7 @@ from .vma import (
     Mm,
     Vma,
     calc_vm_prot_bits,
+    vm_page_prot,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +82,10 @@ class Thread:
         self.signal_pending = False
         self.call: EnclaveCall | None = None  # the vDSO call in progress, if any
         self._engine: Engine | None = None
-        self.stack_top = process._map_internal(STACK_SIZE, PROT_READ | PROT_WRITE, "[stack]") + STACK_SIZE
+        if getattr(process.mm.mem, "host_memory", False):
+            self.stack_top = 0  # the host thread has its own stack (preload library)
+        else:
+            self.stack_top = process._map_internal(STACK_SIZE, PROT_READ | PROT_WRITE, "[stack]") + STACK_SIZE
 
     @property
     def engine(self) -> Engine:
@@ -98,6 +102,8 @@ class Thread:
         self.process.syscalls[name] += 1
         if not self.process.alive:
             raise ProcessLookupError("the process has exited")
+        if self.machine.tracer is not None:
+            fn = self.machine.tracer.syscall(self, name, fn)
         try:
             return fn()
         except KernelError as e:
@@ -306,10 +312,13 @@ class Thread:
 class Process:
     """A process: an mm, an fd table, threads, and counters for comparisons."""
 
-    def __init__(self, machine: Machine, pid: int, arena_size: int) -> None:
+    def __init__(self, machine: Machine, pid: int, arena_size: int, *, mm: Mm | None = None) -> None:
         self.machine = machine
         self.pid = pid
-        self.mm = Mm(UserMemory(arena_size), owner=self)
+        if mm is None:
+            mm = Mm(UserMemory(arena_size))
+        mm.owner = self
+        self.mm = mm
         self.fds: dict[int, OpenFile] = {}
         self.threads: list[Thread] = []
         self.personality = 0
@@ -321,9 +330,12 @@ class Process:
         self.sgx_encl_mms: list[SgxEncl] = []  # enclaves whose mm_list holds this mm
         self.callbacks: dict[int, UserHandler] = {}
         self._next_tid = pid
-        vdso = self._map_internal(PAGE_SIZE, PROT_READ | PROT_EXEC, "[vdso]", VDSO_BASE)
-        self.mm.mem.map_anonymous(vdso, PAGE_SIZE, PROT_READ | PROT_EXEC)
-        self.mm.mem.write(VDSO_ENCLU, ENCLU_OPCODE)
+        # A process over the host's own memory (the preload library's HostMemory) has the host's
+        # vDSO instead of the model's page.
+        if not getattr(self.mm.mem, "host_memory", False):
+            vdso = self._map_internal(PAGE_SIZE, PROT_READ | PROT_EXEC, "[vdso]", VDSO_BASE)
+            self.mm.mem.map_anonymous(vdso, PAGE_SIZE, PROT_READ | PROT_EXEC)
+            self.mm.mem.write(VDSO_ENCLU, ENCLU_OPCODE)
         self.main = self.thread(lp=0)
 
     def __repr__(self) -> str:
@@ -542,7 +554,7 @@ class Process:
                 if vma.flags != newflags:
                     vma.flags = newflags
                     changed |= self._has_ptes(vma.start, vma.end)
-                    self.mm.mem.protect(vma.start, vma.end - vma.start, newflags & VM_ACCESS_FLAGS)
+                    self.mm.mem.protect(vma.start, vma.end - vma.start, vm_page_prot(vma, newflags))
                 nstart = tmp
                 if nstart >= end:
                     break

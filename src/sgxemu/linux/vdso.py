@@ -89,6 +89,8 @@ class EnclaveCall:
     def _finish(self, result: int) -> None:
         self.result = result
         self.state = _DONE
+        if self.thread.machine.tracer is not None:
+            self.thread.machine.tracer.vdso_return(self, result)
         self.thread.machine.kernel_exit(self.thread)
 
     def step(self, budget: int | None) -> None:
@@ -151,6 +153,8 @@ class EnclaveCall:
             ex = engine.run(budget)
         if ex.kind is ExitKind.SLICE:
             return False
+        if ex.kind is ExitKind.AEX:
+            self.thread.machine.stats.aexes += 1
         if ex.kind is ExitKind.EEXIT:
             # EEXIT lands after the ENCLU ("unless the enclave is doing something fancy").
             self.run.function = EEXIT

@@ -60,6 +60,16 @@ class VmOps(Protocol):
         ...
 
 
+# vma_set_page_prot / vma_wants_writenotify (mm/mmap.c)
+def vm_page_prot(vma: Vma, vm_flags: int) -> int:
+    """The rights present PTEs get from an mprotect: the VMA's, minus W on a shared writable
+    mapping whose driver asks to see first writes (vm_ops with a pfn_mkwrite)."""
+    prot = vm_flags & VM_ACCESS_FLAGS
+    if vm_flags & VM_SHARED and getattr(vma.ops, "wants_writenotify", False):
+        prot &= ~VM_WRITE
+    return prot
+
+
 @dataclass(eq=False)
 class Vma:
     start: int
