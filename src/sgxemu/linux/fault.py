@@ -59,8 +59,14 @@ def handle_mm_fault(m: Machine, vma: Vma, addr: int, error_code: int) -> int:
     return 0
 
 
-# do_user_addr_fault (fault.c)
 def do_user_addr_fault(m: Machine, thread: Thread, addr: int, error_code: int) -> Signal | None:
+    if m.tracer is not None:
+        return m.tracer.user_fault(m, thread, addr, error_code, _do_user_addr_fault)
+    return _do_user_addr_fault(m, thread, addr, error_code)
+
+
+# do_user_addr_fault (fault.c)
+def _do_user_addr_fault(m: Machine, thread: Thread, addr: int, error_code: int) -> Signal | None:
     thread.process.page_faults += 1
     vma = thread.process.mm.vma_lookup(addr)
     if vma is None:
