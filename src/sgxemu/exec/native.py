@@ -157,6 +157,9 @@ _EEXIT = EngineExit(ExitKind.EEXIT, None, 0)  # immutable: shared by every uncou
 _SCANS: weakref.WeakKeyDictionary[Processor, dict[tuple[int, int], tuple[bytes, frozenset[int]]]]
 _SCANS = weakref.WeakKeyDictionary()
 
+# Module-level copies of the registers the hot paths use (enum attribute lookups are slow).
+_RIP = Reg.RIP
+
 # Why a run stopped early (besides a fault).
 _STOP_EEXIT = 1
 _RESTART_TB_FLUSH = 1
@@ -269,7 +272,7 @@ class NativeEngine:
             if self._tlb_stale:
                 self._entry_flush()
             regs.sync()
-            rip = regs[Reg.RIP]
+            rip = regs[_RIP]
             self._stop = 0
             self._restart = 0
             self._fault = None
@@ -279,10 +282,11 @@ class NativeEngine:
             count = remaining if remaining is not None else 0
             if (count > 0) != self._counting:
                 self._switch_counting(count > 0)
-                regs[Reg.RIP] = rip
+                regs[_RIP] = rip
                 regs.sync()
             status = uclib.uc_emu_start(self._h, rip, self._until, 0, count)
-            started = self._counter.value if self._counter is not None else 0
+            # Unicorn's counter matters only to a counted run (see _retired).
+            started = self._counter.value if count and self._counter is not None else 0
             if self._stop != _STOP_EEXIT:
                 regs.forget()  # (at EEXIT the hook loaded every register and nothing ran since)
             if self._error is not None:
@@ -292,7 +296,7 @@ class NativeEngine:
             if until:
                 # Translation blocks made for this run end at `until`: drop them.
                 _LIB.uc_ctl(self._hv, _CTL_TB_FLUSH)
-            done = self._retired(started, count)
+            done = self._retired(started, count) if count else 0  # (0 for an uncounted run)
             retired += done
             if remaining is not None:
                 remaining -= done
@@ -551,7 +555,7 @@ class NativeEngine:
             regs = self._regs
             regs.forget()
             regs.load_all()  # one batch: the leaf reads several registers
-            rip = regs[Reg.RIP]
+            rip = regs[_RIP]
             code = self._code_bytes(rip, MAX_INSN)
             i = 0
             while code[:3] != _ENCLU and (
@@ -564,7 +568,9 @@ class NativeEngine:
                 )
             ):
                 i += 1
-            if code[i : i + 3] != _ENCLU or any(b in _ENCLU_BAD_PREFIXES for b in code[:i]):
+            if code[i : i + 3] != _ENCLU or (
+                i and any(b in _ENCLU_BAD_PREFIXES for b in code[:i])
+            ):
                 self._fault = InvalidOpcode()
                 self._fault_exact = True
                 return False
@@ -579,7 +585,7 @@ class NativeEngine:
                 self._stop = _STOP_EEXIT  # EEXIT: the new RIP etc. stay in the view
                 _LIB.uc_emu_stop(self._hv)
                 return True
-            regs[Reg.RIP] = rip + i + 3
+            regs[_RIP] = rip + i + 3
             regs.sync()
             return True
         except BaseException as exc:
@@ -720,6 +726,13 @@ class NativeEngine:
 
     def _code_bytes(self, lin: int, size: int) -> bytes:
         """Up to `size` bytes of enclave code at `lin`, through this LP's translations."""
+        off = lin & ~PAGE_MASK
+        if off + size <= PAGE_SIZE:  # within one page (the usual case): the loop's first step
+            hit = self.lp.tlb.get(lin >> PAGE_SHIFT)
+            if hit is None or hit[0] < 0:
+                return b""
+            start = (hit[0] << PAGE_SHIFT) + off
+            return self.cpu.epc.buffer[start : start + size]
         out = b""
         epc = self.cpu.epc
         while size > 0:

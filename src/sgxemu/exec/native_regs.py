@@ -152,65 +152,65 @@ class RawRegs:
 class UcRegisterView:
     """The `RegisterFile` the processor model sees: a write-back cache over Unicorn's registers.
 
-    `valid[i]`: `values[i]` holds the current value; `dirty[i]`: it still has to reach Unicorn.
-    The engine calls `sync()` before Unicorn runs and `forget()` after it ran.
+    `valid[i]`: `values[i]` holds the current value; `dirty[i]`: it still has to reach Unicorn
+    (`_pending` lists the dirty registers in the order they were first written). A read of a
+    register not cached loads every register in one batch: a batch costs about two single
+    reads, and a leaf reads several (EENTER reads eight). The engine calls `sync()` before
+    Unicorn runs and `forget()` after it ran.
     """
 
-    __slots__ = ("raw", "values", "valid", "dirty", "_ndirty", "_fx_override")
+    __slots__ = ("raw", "values", "valid", "dirty", "_pending", "_fx_override")
 
     def __init__(self, raw: RawRegs) -> None:
         self.raw = raw
         self.values = [0] * NREGS
         self.valid = [False] * NREGS
         self.dirty = [False] * NREGS
-        self._ndirty = 0
+        self._pending: list[int] = []
         self._fx_override: bytes | None = None
 
     def __getitem__(self, reg: Reg) -> int:
         if self.valid[reg]:
             return self.values[reg]
-        value = self.raw.read(UC_REG_IDS[reg])
-        self.values[reg] = value
-        self.valid[reg] = True
-        return value
+        self.load_all()
+        return self.values[reg]
 
     def __setitem__(self, reg: Reg, value: int) -> None:
         self.values[reg] = value & MASK64
         self.valid[reg] = True
         if not self.dirty[reg]:
             self.dirty[reg] = True
-            self._ndirty += 1
+            self._pending.append(reg)
 
     def load_all(self) -> None:
         """Make every register valid with one batch read (dirty values win)."""
-        fresh = self.raw.read_all()
-        values, dirty, valid = self.values, self.dirty, self.valid
-        for i in range(NREGS):
-            if not dirty[i]:
-                values[i] = fresh[i]
-            valid[i] = True
+        fresh = list(self.raw.read_all())
+        values = self.values
+        for i in self._pending:
+            fresh[i] = values[i]
+        self.values = fresh
+        self.valid = [True] * NREGS
 
     def set_all_dirty(self) -> None:
         """Every (valid) register must be written back: Unicorn's CPU state was replaced."""
         assert all(self.valid), "load_all() first"
         self.dirty = [True] * NREGS
-        self._ndirty = NREGS
+        self._pending = list(range(NREGS))
 
     def sync(self) -> None:
         """Write the dirty registers to Unicorn (a whole-file batch beats a partial one)."""
-        n = self._ndirty
-        if not n:
+        pending = self._pending
+        if not pending:
             return
-        if n <= 2:
-            for i in range(NREGS):
-                if self.dirty[i]:
-                    self.raw.write(UC_REG_IDS[i], self.values[i])
+        if len(pending) <= 2:
+            for i in sorted(pending):
+                self.raw.write(UC_REG_IDS[i], self.values[i])
         else:
             if not all(self.valid):
                 self.load_all()
             self.raw.write_all(self.values)
         self.dirty = [False] * NREGS
-        self._ndirty = 0
+        self._pending = []
 
     def forget(self) -> None:
         """Unicorn ran: cached values are stale (there are no dirty ones at this point)."""
@@ -220,7 +220,7 @@ class UcRegisterView:
     def discard(self) -> None:
         """Drop pending writes (a faulting instruction has no architectural effect)."""
         self.dirty = [False] * NREGS
-        self._ndirty = 0
+        self._pending = []
         self.valid = [False] * NREGS
 
     def override_xsave(self, area: bytes) -> None:

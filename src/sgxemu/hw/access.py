@@ -43,9 +43,12 @@ def tlb_fill(
     cpu: Processor, lp: LogicalProcessor, mem: AddressSpace, lin: int, access: int
 ) -> int:
     """The full check on a TLB miss; caches the effective rights of the page on success."""
+    # A hot path (every entry re-checks the pages the thread used): `Epc.index` and
+    # `secs.in_elrange` are inlined.
     secs = lp.secs
     assert secs is not None, "enclave access outside enclave mode"
-    in_elrange = secs.baseaddr <= lin < secs.baseaddr + secs.size
+    base = secs.baseaddr
+    in_elrange = base <= lin < base + secs.size
     if access == EXECUTE and not in_elrange:
         raise GeneralProtection()  # code fetch outside ELRANGE (SDM 38.3)
     code = _ACCESS_CODE[access]
@@ -55,12 +58,14 @@ def tlb_fill(
     rights = READ | (WRITE if pte & PTE_W else 0) | (0 if pte & PTE_XD else EXECUTE)
     if not pte & PTE_U or not rights & access:
         raise PageFault(lin, code | _P)
-    index = cpu.epc.index(pte & PTE_ADDR_MASK)
-    if index < 0:
+    pa = pte & PTE_ADDR_MASK
+    epc = cpu.epc
+    if not epc.base <= pa < epc.end:
         if in_elrange:
             raise PageFault(lin, code | _P | _SGX)  # ELRANGE not backed by EPC [choice, spec 6.1]
         lp.tlb[lin >> PAGE_SHIFT] = (-1, rights & (READ | WRITE))
         return -1
+    index = (pa - epc.base) >> PAGE_SHIFT
     e = cpu.epcm.get(index)
     if (
         e is None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..arch.constants import (
     GPRSGX_SIZE,
     PAGE_MASK,
+    PAGE_SHIFT,
     PAGE_SIZE,
     Attribute,
     PageType,
@@ -18,7 +19,7 @@ from ..arch.constants import (
 )
 from .epcm import UNUSABLE
 from .faults import GeneralProtection
-from .operands import epc_page, epcm_fault, require_aligned
+from .operands import epc_page, epcm_fault
 from .regs import TF, Reg, RegisterFile
 
 if TYPE_CHECKING:
@@ -29,15 +30,31 @@ if TYPE_CHECKING:
 
 TCS_FIELDS = struct.Struct("<QQQIIQQQQII")  # STATE .. GSLIMIT (SDM Table 38-10)
 U64 = struct.Struct("<Q")
+_URSP_URBP = struct.Struct("<QQ")  # GPRSGX.URSP and GPRSGX.URBP, adjacent
 # Plain ints for the entry/exit hot path (IntFlag arithmetic costs a Python call each).
 _DBGOPTIN = int(TcsFlags.DBGOPTIN)
 _TCS_AEXNOTIFY = int(TcsFlags.AEXNOTIFY)
 _ATTR_AEXNOTIFY = int(Attribute.AEXNOTIFY)
+_INIT = int(Attribute.INIT)
+_MODE64BIT = int(Attribute.MODE64BIT)
 _ACTIVE = int(TcsState.ACTIVE)
 _ACTIVE_BYTES = U64.pack(TcsState.ACTIVE)
 _INACTIVE_BYTES = U64.pack(TcsState.INACTIVE)
 _PT_TCS = PageType.PT_TCS
 _PT_REG = PageType.PT_REG
+_OFFSET_MASK = PAGE_SIZE - 1
+_CANONICAL_HIGH = (1 << 17) - 1  # bits 63:47 of a canonical address: all zeros or all ones
+# Module-level copies of the registers (an enum class attribute lookup costs a dict miss).
+_RAX = Reg.RAX
+_RCX = Reg.RCX
+_RBX = Reg.RBX
+_RSP = Reg.RSP
+_RBP = Reg.RBP
+_RFLAGS = Reg.RFLAGS
+_RIP = Reg.RIP
+_FSBASE = Reg.FSBASE
+_GSBASE = Reg.GSBASE
+_tuple_new = tuple.__new__  # NamedTuple construction without its Python-level __new__
 GPRSGX_RIP = 136
 GPRSGX_URSP = 144
 GPRSGX_URBP = 152
@@ -76,23 +93,24 @@ class Entry(NamedTuple):
     notify: bool = False  # ERESUME takes the AEX-Notify path (enter frame CSSA at OENTRY)
 
 
-def _canonical(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == (1 << 17) - 1
-
-
 def read_tcs(cpu: Processor, index: int) -> Tcs:
-    return Tcs(*TCS_FIELDS.unpack(cpu.epc.read(index, 0, TCS_FIELDS.size)))
+    return _tuple_new(Tcs, TCS_FIELDS.unpack_from(cpu.epc.buffer, index << PAGE_SHIFT))
 
 
 def check_entry(
     cpu: Processor, regs: RegisterFile, mem: AddressSpace, resume: bool
 ) -> Entry:
-    """The EENTER/ERESUME checks in SDM order; ERESUME uses frame CSSA-1."""
-    tcs_lin = regs[Reg.RBX]
-    require_aligned(tcs_lin, PAGE_SIZE)
+    """The EENTER/ERESUME checks in SDM order; ERESUME uses frame CSSA-1.
+
+    A hot path (every entry): the alignment checks, `secs.init`, `secs.mode64bit` and the
+    canonical-address tests (bits 63:47 all zeros or all ones) are inlined.
+    """
+    tcs_lin = regs[_RBX]
+    if tcs_lin & _OFFSET_MASK:
+        raise GeneralProtection()
     tcs_index = epc_page(cpu, mem, tcs_lin, False, True)
-    if not _canonical(regs[Reg.RCX]):
+    top = regs[_RCX] >> 47
+    if top and top != _CANONICAL_HIGH:  # AEP not canonical
         raise GeneralProtection()
     e = cpu.epcm.get(tcs_index)
     if e is None or e.state & UNUSABLE or e.linaddr != tcs_lin or e.pt is not _PT_TCS:
@@ -100,39 +118,40 @@ def check_entry(
     secs = e.secs
     assert secs is not None
     tcs = read_tcs(cpu, tcs_index)
-    if tcs.ossa & (PAGE_SIZE - 1) or tcs.ofsbase & (PAGE_SIZE - 1) or tcs.ogsbase & (PAGE_SIZE - 1):
+    state, flags, ossa, cssa, nssa, oentry, _aep, ofsbase, ogsbase, _fslimit, _gslimit = tcs
+    if ossa & _OFFSET_MASK or ofsbase & _OFFSET_MASK or ogsbase & _OFFSET_MASK:
         raise GeneralProtection()
-    if tcs.flags & _TCS_FLAGS_RESERVED:
+    if flags & _TCS_FLAGS_RESERVED:
         raise GeneralProtection()
-    if not secs.init or not secs.mode64bit:
+    attributes = secs.attributes
+    if not attributes & _INIT or not attributes & _MODE64BIT:
         raise GeneralProtection()  # uninitialized, or a 32-bit enclave entered from 64-bit mode
-    if not tcs.flags & _DBGOPTIN and bool(tcs.flags & _TCS_AEXNOTIFY) != bool(
-        secs.attributes & _ATTR_AEXNOTIFY
+    if not flags & _DBGOPTIN and bool(flags & _TCS_AEXNOTIFY) != bool(
+        attributes & _ATTR_AEXNOTIFY
     ):
         raise GeneralProtection()
     if resume:
-        if tcs.cssa == 0:
+        if cssa == 0:
             raise GeneralProtection()
-        frame = tcs.cssa - 1
+        frame = cssa - 1
     else:
-        if tcs.cssa >= tcs.nssa:
+        if cssa >= nssa:
             raise GeneralProtection()
-        frame = tcs.cssa
-    frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(cpu, mem, secs, tcs.ossa, frame)
+        frame = cssa
+    frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(cpu, mem, secs, ossa, frame)
     notify = False
     if resume:
         gpr = gpr_lin & ~PAGE_MASK
         # AEX-Notify: TCS.FLAGS.AEXNOTIFY and bit 0 of the frame's GPRSGX.AEXNOTIFY byte make
         # ERESUME an entry into frame CSSA, which must exist and pass the same page checks.
-        notify = bool(tcs.flags & _TCS_AEXNOTIFY) and bool(
+        notify = bool(flags & _TCS_AEXNOTIFY) and bool(
             cpu.epc.read(gpr_index, gpr + GPRSGX_AEXNOTIFY, 1)[0] & 1
         )
         if notify:
-            if tcs.cssa >= tcs.nssa:
+            if cssa >= nssa:
                 raise GeneralProtection()
-            frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(
-                cpu, mem, secs, tcs.ossa, tcs.cssa
-            )
+            frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(cpu, mem, secs, ossa, cssa)
+    base = secs.baseaddr
     if resume and not notify:
         # A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those.
         gpr = gpr_lin & ~PAGE_MASK
@@ -140,17 +159,21 @@ def check_entry(
         fsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_FSBASE, 8))[0]
         gsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_GSBASE, 8))[0]
     else:
-        target = secs.baseaddr + tcs.oentry
-        fsbase = secs.baseaddr + tcs.ofsbase
-        gsbase = secs.baseaddr + tcs.ogsbase
-    if not _canonical(target):
+        target = base + oentry
+        fsbase = base + ofsbase
+        gsbase = base + ogsbase
+    top = target >> 47
+    if top and top != _CANONICAL_HIGH:
         raise GeneralProtection()
-    if not _canonical(fsbase) or not _canonical(gsbase):
+    fs_top = fsbase >> 47
+    gs_top = gsbase >> 47
+    if (fs_top and fs_top != _CANONICAL_HIGH) or (gs_top and gs_top != _CANONICAL_HIGH):
         raise GeneralProtection()
-    if tcs.state == _ACTIVE:
+    if state == _ACTIVE:
         raise GeneralProtection()
-    return Entry(
-        tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify
+    return _tuple_new(
+        Entry,
+        (tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify),
     )
 
 
@@ -196,22 +219,26 @@ def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> i
 def enter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry) -> None:
     """Enclave mode on: the CR_* registers, the TCS busy, FS/GS swapped, the TLB flushed."""
     secs = entry.secs
+    tcs_index = entry.tcs_index
     lp.enclave_mode = True
     lp.secs = secs
-    lp.tcs_index = entry.tcs_index
-    lp.tcs_lin = regs[Reg.RBX]
-    lp.aep = regs[Reg.RCX]
+    lp.tcs_index = tcs_index
+    lp.tcs_lin = regs[_RBX]
+    aep = lp.aep = regs[_RCX]
     lp.ssa_frame_lin = entry.frame_lin
     lp.ssa_xsave_index = entry.xsave_index
     lp.ssa_gpr_index = entry.gpr_index
     lp.ssa_gpr_offset = entry.gpr_offset
-    lp.saved_fsbase = regs[Reg.FSBASE]
-    lp.saved_gsbase = regs[Reg.GSBASE]
-    lp.saved_tf = bool(regs[Reg.RFLAGS] & TF)
+    lp.saved_fsbase = regs[_FSBASE]
+    lp.saved_gsbase = regs[_GSBASE]
+    rflags = regs[_RFLAGS]
+    lp.saved_tf = bool(rflags & TF)
     if not entry.tcs.flags & _DBGOPTIN:
-        regs[Reg.RFLAGS] = regs[Reg.RFLAGS] & ~TF  # opt-out entry suppresses single-stepping
-    cpu.epc.write(entry.tcs_index, 0, _ACTIVE_BYTES)
-    cpu.epc.write(entry.tcs_index, 40, U64.pack(lp.aep))  # TCS.AEP
+        regs[_RFLAGS] = rflags & ~TF  # opt-out entry suppresses single-stepping
+    buf = cpu.epc.buffer
+    off = tcs_index << PAGE_SHIFT
+    buf[off : off + 8] = _ACTIVE_BYTES  # TCS.STATE
+    U64.pack_into(buf, off + 40, aep)  # TCS.AEP
     secs.inside[lp.index] = secs.epoch
     lp.flush_tlb()
 
@@ -220,14 +247,16 @@ def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
     """Enclave mode off (EEXIT, AEX): TCS free again, FS/GS back, the TLB flushed."""
     secs = lp.secs
     assert secs is not None
-    cpu.epc.write(lp.tcs_index, 0, _INACTIVE_BYTES)
-    regs[Reg.FSBASE] = lp.saved_fsbase
-    regs[Reg.GSBASE] = lp.saved_gsbase
-    tcs_flags = U64.unpack(cpu.epc.read(lp.tcs_index, 8, 8))[0]
+    buf = cpu.epc.buffer
+    off = lp.tcs_index << PAGE_SHIFT
+    buf[off : off + 8] = _INACTIVE_BYTES  # TCS.STATE
+    regs[_FSBASE] = lp.saved_fsbase
+    regs[_GSBASE] = lp.saved_gsbase
+    tcs_flags = U64.unpack_from(buf, off + 8)[0]
     if not tcs_flags & _DBGOPTIN:
         # An opt-out entry saved TF and cleared it: the exit puts the saved value back (SDM EEXIT).
-        flags = regs[Reg.RFLAGS] & ~TF
-        regs[Reg.RFLAGS] = flags | TF if lp.saved_tf else flags
+        flags = regs[_RFLAGS] & ~TF
+        regs[_RFLAGS] = flags | TF if lp.saved_tf else flags
     secs.inside.pop(lp.index, None)
     lp.enclave_mode = False
     lp.secs = None
@@ -238,12 +267,12 @@ def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
 def enter_at_oentry(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry) -> None:
     """EENTER's effects (also ERESUME's AEX-Notify path): save URSP/URBP, jump to OENTRY."""
     enter(cpu, lp, regs, entry)
-    secs = entry.secs
-    gpr = entry.gpr_offset
-    cpu.epc.write(entry.gpr_index, gpr + GPRSGX_URSP, U64.pack(regs[Reg.RSP]))
-    cpu.epc.write(entry.gpr_index, gpr + GPRSGX_URBP, U64.pack(regs[Reg.RBP]))
-    regs[Reg.RCX] = regs[Reg.RIP] + 3  # the instruction after ENCLU
-    regs[Reg.RAX] = entry.tcs.cssa
-    regs[Reg.RIP] = secs.baseaddr + entry.tcs.oentry
-    regs[Reg.FSBASE] = secs.baseaddr + entry.tcs.ofsbase
-    regs[Reg.GSBASE] = secs.baseaddr + entry.tcs.ogsbase
+    base = entry.secs.baseaddr
+    tcs = entry.tcs
+    gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
+    _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_URSP, regs[_RSP], regs[_RBP])
+    regs[_RCX] = regs[_RIP] + 3  # the instruction after ENCLU
+    regs[_RAX] = tcs.cssa
+    regs[_RIP] = base + tcs.oentry
+    regs[_FSBASE] = base + tcs.ofsbase
+    regs[_GSBASE] = base + tcs.ogsbase

@@ -22,6 +22,8 @@ EEXTEND_BLOCKS: Final = 1 + EEXTEND_CHUNK // MEAS_BLOCK_SIZE
 _ECREATE: Final = struct.Struct("<8sIQ44x")  # tag, SSAFRAMESIZE u32, SIZE u64, zeros
 _EADD: Final = struct.Struct("<8sQQ40x")  # tag, offset u64, SECINFO.FLAGS u64, SECINFO reserved
 _EEXTEND: Final = struct.Struct("<8sQ48x")  # tag, offset u64, zeros
+# The EEXTEND header and its 256 data bytes, packed in one call (the leaf's hot path).
+_EEXTEND_DATA: Final = struct.Struct("<8sQ48x256s")
 
 _U32_MAX: Final = (1 << 32) - 1
 _U64_MAX: Final = (1 << 64) - 1
@@ -86,6 +88,11 @@ class MeasurementState:
         self._h.update(eadd_block(offset, secinfo_flags))
         self.update_counter += 1
 
+    def eadd_checked(self, offset: int, secinfo_flags: int) -> None:
+        """`eadd` for a caller that has checked its arguments (the EADD leaf): both are u64."""
+        self._h.update(_EADD.pack(b"EADD", offset, secinfo_flags))
+        self.update_counter += 1
+
     def eextend(self, offset: int, chunk256: Buffer) -> None:
         """Hash the EEXTEND header and 256 data bytes (SDM EEXTEND); counter += 5."""
         if len(chunk256) != EEXTEND_CHUNK:
@@ -94,6 +101,14 @@ class MeasurementState:
             raise ValueError(f"EEXTEND offset {offset:#x} not 256-byte aligned")
         # Hot path: one update() of header + data. pack() raises on offsets beyond u64.
         self._h.update(_EEXTEND.pack(b"EEXTEND", offset) + chunk256)
+        self.update_counter += EEXTEND_BLOCKS
+
+    def eextend_checked(self, offset: int, chunk256: bytes) -> None:
+        """`eextend` for a caller that has checked its arguments (the EEXTEND leaf).
+
+        `chunk256` is exactly 256 bytes and `offset` a 256-byte aligned u64: ELRANGE offsets.
+        """
+        self._h.update(_EEXTEND_DATA.pack(b"EEXTEND", offset, chunk256))
         self.update_counter += EEXTEND_BLOCKS
 
     def final(self) -> bytes:

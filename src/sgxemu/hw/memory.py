@@ -20,6 +20,7 @@ PTE_D = 1 << 6
 PTE_XD = 1 << 63
 PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 _OFFSET_MASK = PAGE_SIZE - 1
+_FRAME_LIMIT = PTE_ADDR_MASK + PAGE_SIZE  # 2^52: the first page a PTE cannot name
 
 
 class AddressSpace(Protocol):
@@ -49,10 +50,28 @@ class FlatMemory:
         self.epc_base = epc_base
         self.epc_end = epc_end
         self._flags = PTE_P | PTE_W | (PTE_U if user else 0)
+        self.user = user  # whether every entry has U/S set
         # Backed pages as writable views over their bytearrays: slicing a view copies nothing,
         # so a read copies the bytes once and a write stores them once.
         self._pages: dict[int, memoryview] = {}
         self._overrides: dict[int, int] = {}
+        self._direct_overrides = 0  # how many overrides lie in [epc_base, epc_end)
+        self._set_direct()
+
+    def _set_direct(self) -> None:
+        """Set [direct_lo, direct_hi): the pages whose entry is certainly `page | flags`.
+
+        That is P, W, U/S as `user`, and the page itself as the frame: the direct map of the EPC,
+        less what a PTE cannot name, and empty while any page of it is overridden. The leaves'
+        fast path (`operands.epc_page`, EEXTEND) tests a page against it instead of calling
+        `translate`, which would return exactly that entry.
+        """
+        lo = max(self.epc_base, 0)
+        hi = min(self.epc_end, _FRAME_LIMIT)
+        if self._direct_overrides or lo & _OFFSET_MASK or hi & _OFFSET_MASK or lo >= hi:
+            lo = hi = 0
+        self.direct_lo = lo
+        self.direct_hi = hi
 
     def translate(self, lin: int) -> int:
         page = lin & PAGE_MASK
@@ -66,10 +85,14 @@ class FlatMemory:
     def set_pte(self, lin: int, pte: int | None) -> None:
         """Override the entry of one page (None restores the default mapping)."""
         page = lin & PAGE_MASK
+        had = page in self._overrides
         if pte is None:
             self._overrides.pop(page, None)
         else:
             self._overrides[page] = pte
+        if self.epc_base <= page < self.epc_end and had != (pte is not None):
+            self._direct_overrides += 1 if pte is not None else -1
+            self._set_direct()
 
     def _page(self, lin: int) -> memoryview:
         page = lin & PAGE_MASK
@@ -96,8 +119,12 @@ class FlatMemory:
     def write(self, lin: int, data: bytes) -> None:
         off = lin & _OFFSET_MASK
         n = len(data)
-        if 0 < n <= PAGE_SIZE - off:  # hot path: within one page
-            self._page(lin)[off : off + n] = data
+        if 0 < n <= PAGE_SIZE - off:  # hot path: within one page (`_page` inlined)
+            page = lin - off
+            buf = self._pages.get(page)
+            if buf is None:
+                buf = self._pages[page] = memoryview(bytearray(PAGE_SIZE))
+            buf[off : off + n] = data
             return
         pos = 0
         while pos < n:

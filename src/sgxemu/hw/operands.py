@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..arch.constants import PAGE_MASK, PfErrorCode
 from .faults import GeneralProtection, PageFault
-from .memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, AddressSpace
+from .memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, AddressSpace, FlatMemory
 
 if TYPE_CHECKING:
     from .processor import Processor
@@ -43,10 +43,16 @@ def translate(mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
 
 def epc_page(cpu: Processor, mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
     """EPC index of the page an operand names; #PF when it does not resolve within the EPC."""
+    epc = cpu.epc
+    if type(mem) is FlatMemory and (not user or mem.user):
+        # Fast path: a page of the direct map translates to itself with P and W (U when
+        # `mem.user`), so the walk below would pass and find PA = the page.
+        page = lin & PAGE_MASK
+        if mem.direct_lo <= page < mem.direct_hi and epc.base <= page < epc.end:
+            return (page - epc.base) >> 12
     pte = mem.translate(lin)
     if not pte & PTE_P or (write and not pte & PTE_W) or (user and not pte & PTE_U):
         translate(mem, lin, write, user)  # raises the ordinary #PF with its error code
-    epc = cpu.epc
     pa = pte & PTE_ADDR_MASK
     if epc.base <= pa < epc.end:
         return (pa - epc.base) >> 12

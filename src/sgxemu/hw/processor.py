@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..arch.constants import (
     CPUID_EPC_SECTION_VALID,
@@ -35,6 +35,9 @@ from .lp import LogicalProcessor
 from .memory import AddressSpace
 from .regs import Reg, RegisterFile, set_result
 from .secs import SecsState
+
+if TYPE_CHECKING:
+    from .tracehook import CpuTracer
 
 MIB = 1 << 20
 
@@ -113,6 +116,8 @@ class Processor:
         live_processors.add(self)
         # RBX output of the ENCLS being executed (EDBGRD's data); None when the leaf has none.
         self.encls_rbx: int | None = None
+        # Optional event recorder (sgxemu.trace): sees every ENCLS, ENCLU and AEX.
+        self.tracer: CpuTracer | None = None
 
     # -- platform secrets ------------------------------------------------------------------
     def _derive_platform_secrets(self, seed: int) -> None:
@@ -163,6 +168,8 @@ class Processor:
         if fn is None:
             raise GeneralProtection()  # no such leaf (SGX2 leaves on an SGX1 part included)
         self.encls_count[leaf & 0x1F] += 1
+        if self.tracer is not None:
+            return self.tracer.encls(self, leaf, rbx, rcx, rdx, mem, fn)
         return fn(self, mem, rbx, rcx, rdx)
 
     def encls_regs(self, regs: RegisterFile, mem: AddressSpace) -> None:
@@ -186,6 +193,9 @@ class Processor:
         if entering == lp.enclave_mode:
             raise GeneralProtection()  # EENTER/ERESUME inside, or an in-enclave leaf outside
         self.enclu_count[leaf] += 1
+        if self.tracer is not None:
+            self.tracer.enclu(self, lp, regs, mem, fn)
+            return
         fn(self, lp, regs, mem)
 
     # -- CPUID and MSRs ----------------------------------------------------------------------

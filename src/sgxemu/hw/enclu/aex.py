@@ -42,6 +42,8 @@ def aex(
     cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, event: SgxFault | None
 ) -> None:
     """Perform an AEX for `event` (None: an interrupt) with RIP at the resume point."""
+    if cpu.tracer is not None:
+        cpu.tracer.aex(cpu, lp, regs, event)
     secs = lp.secs
     assert secs is not None and lp.enclave_mode
     epc = cpu.epc

@@ -17,4 +17,4 @@ if TYPE_CHECKING:
 
 @enclu_leaf(EncluLeaf.EENTER)
 def eenter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
-    enter_at_oentry(cpu, lp, regs, check_entry(cpu, regs, mem, resume=False))
+    enter_at_oentry(cpu, lp, regs, check_entry(cpu, regs, mem, False))

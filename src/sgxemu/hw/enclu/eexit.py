@@ -17,13 +17,19 @@ if TYPE_CHECKING:
     from ..regs import RegisterFile
 
 
+_RBX = Reg.RBX
+_RCX = Reg.RCX
+_RIP = Reg.RIP
+_CANONICAL_HIGH = (1 << 17) - 1
+
+
 @enclu_leaf(EncluLeaf.EEXIT)
 def eexit(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
-    target = regs[Reg.RBX]
+    target = regs[_RBX]
     top = target >> 47
-    if top not in (0, (1 << 17) - 1):
+    if top and top != _CANONICAL_HIGH:  # bits 63:47 neither all zeros nor all ones
         raise GeneralProtection()
     aep = lp.aep
     leave(cpu, lp, regs)
-    regs[Reg.RIP] = target
-    regs[Reg.RCX] = aep  # RAX keeps 4; no other register changes: the runtime scrubs them
+    regs[_RIP] = target
+    regs[_RCX] = aep  # RAX keeps 4; no other register changes: the runtime scrubs them
