@@ -86,6 +86,7 @@ from ..hw.faults import (
 )
 from ..hw.lp import LogicalProcessor
 from ..hw.memory import PTE_ADDR_MASK, AddressSpace
+from ..hw.operands import canonical
 from ..hw.processor import Processor
 from ..hw.regs import Reg, RegisterFile, xsave_init_legacy
 from .engine import EngineExit, ExitKind
@@ -511,7 +512,7 @@ class NativeEngine:
             lp = self.lp
             hit = lp.tlb.get(vpn)
             if hit is None or not hit[1] & acc:
-                if not _canonical(va):
+                if not canonical(va):
                     raise GeneralProtection()  # [choice] #SS for stack references is not modelled
                 tlb_fill(self.cpu, lp, self.mem, va, acc)
                 hit = lp.tlb[vpn]
@@ -923,11 +924,6 @@ def _set_entry(entry: int, pa: int, perms: int) -> None:
     e = _entry_at(entry)
     e.paddr = pa
     e.perms = perms
-
-
-def _canonical(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == 0x1_FFFF
 
 
 __all__ = ["NativeEngine"]

@@ -19,7 +19,7 @@ from ..arch.constants import (
 )
 from .epcm import UNUSABLE
 from .faults import GeneralProtection
-from .operands import epc_page, epcm_fault
+from .operands import CANONICAL_HIGH, epc_page, epcm_fault
 from .regs import TF, Reg, RegisterFile
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ _INACTIVE_BYTES = U64.pack(TcsState.INACTIVE)
 _PT_TCS = PageType.PT_TCS
 _PT_REG = PageType.PT_REG
 _OFFSET_MASK = PAGE_SIZE - 1
-_CANONICAL_HIGH = (1 << 17) - 1  # bits 63:47 of a canonical address: all zeros or all ones
 # Module-level copies of the registers (an enum class attribute lookup costs a dict miss).
 _RAX = Reg.RAX
 _RCX = Reg.RCX
@@ -110,7 +109,7 @@ def check_entry(
         raise GeneralProtection()
     tcs_index = epc_page(cpu, mem, tcs_lin, False, True)
     top = regs[_RCX] >> 47
-    if top and top != _CANONICAL_HIGH:  # AEP not canonical
+    if top and top != CANONICAL_HIGH:  # AEP not canonical
         raise GeneralProtection()
     e = cpu.epcm.get(tcs_index)
     if e is None or e.state & UNUSABLE or e.linaddr != tcs_lin or e.pt is not _PT_TCS:
@@ -163,11 +162,11 @@ def check_entry(
         fsbase = base + ofsbase
         gsbase = base + ogsbase
     top = target >> 47
-    if top and top != _CANONICAL_HIGH:
+    if top and top != CANONICAL_HIGH:
         raise GeneralProtection()
     fs_top = fsbase >> 47
     gs_top = gsbase >> 47
-    if (fs_top and fs_top != _CANONICAL_HIGH) or (gs_top and gs_top != _CANONICAL_HIGH):
+    if (fs_top and fs_top != CANONICAL_HIGH) or (gs_top and gs_top != CANONICAL_HIGH):
         raise GeneralProtection()
     if state == _ACTIVE:
         raise GeneralProtection()

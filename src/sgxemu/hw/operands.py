@@ -24,6 +24,15 @@ _SGX = int(PfErrorCode.SGX)
 _OFFSET_MASK = ~PAGE_MASK
 
 
+# Bits 63:47 of a canonical 48-bit address: all zeros or all ones (SDM Vol. 1, 3.3.7.1).
+CANONICAL_HIGH = (1 << 17) - 1
+
+
+def canonical(addr: int) -> bool:
+    """A canonical linear address; hot paths test `addr >> 47` against CANONICAL_HIGH inline."""
+    return addr >> 47 in (0, CANONICAL_HIGH)
+
+
 def require_aligned(addr: int, alignment: int) -> None:
     """#GP(0) unless `addr` is a multiple of `alignment`."""
     if addr & (alignment - 1):

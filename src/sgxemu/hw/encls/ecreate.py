@@ -22,6 +22,7 @@ from ..epcm import EpcmEntry
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
 from ..operands import (
+    canonical,
     epc_page,
     epcm_fault,
     read_operand,
@@ -48,11 +49,6 @@ def xsave_size(xfrm: int) -> int:
 
 def misc_size(miscselect: int) -> int:
     return 16 if miscselect & Miscselect.EXINFO else 0
-
-
-def canonical(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == (1 << 17) - 1
 
 
 @encls_leaf(EnclsLeaf.ECREATE)

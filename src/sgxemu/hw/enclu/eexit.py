@@ -8,6 +8,7 @@ from ...arch.constants import EncluLeaf
 from ..enclave_mode import leave
 from ..faults import GeneralProtection
 from ..leaves import enclu_leaf
+from ..operands import CANONICAL_HIGH
 from ..regs import Reg
 
 if TYPE_CHECKING:
@@ -20,14 +21,13 @@ if TYPE_CHECKING:
 _RBX = Reg.RBX
 _RCX = Reg.RCX
 _RIP = Reg.RIP
-_CANONICAL_HIGH = (1 << 17) - 1
 
 
 @enclu_leaf(EncluLeaf.EEXIT)
 def eexit(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
     target = regs[_RBX]
     top = target >> 47
-    if top and top != _CANONICAL_HIGH:  # bits 63:47 neither all zeros nor all ones
+    if top and top != CANONICAL_HIGH:  # bits 63:47 neither all zeros nor all ones
         raise GeneralProtection()
     aep = lp.aep
     leave(cpu, lp, regs)
