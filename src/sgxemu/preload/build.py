@@ -8,18 +8,14 @@ of the sources, the flags and the Python the library embeds, like the test encla
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import sysconfig
-import tempfile
 from importlib import resources
 from pathlib import Path
 
-from ..testenclave.build import default_cache_root
+from ..buildcache import BuildError, cached_build, content_digest, default_cache_root
 
 __all__ = [
     "LIB_NAME",
@@ -38,7 +34,6 @@ PRELOAD_SOURCES: tuple[str, ...] = (
     "sgxemu_vdso.S",
 )
 _COMPILED = ("sgxemu_preload.c", "sgxemu_python.c", "sgxemu_vdso.S")
-_STAMP = "preload.stamp"
 CFLAGS: tuple[str, ...] = (
     "-shared",
     "-fPIC",
@@ -52,12 +47,8 @@ CFLAGS: tuple[str, ...] = (
 )
 
 
-class PreloadBuildError(RuntimeError):
+class PreloadBuildError(BuildError):
     """The preload library cannot be built here (one line says why)."""
-
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.output = output
 
 
 def check_platform() -> None:
@@ -95,59 +86,25 @@ def _read_sources() -> dict[str, bytes]:
     return {name: pkg.joinpath(name).read_bytes() for name in PRELOAD_SOURCES}
 
 
-def _digest(cc: str, cflags: list[str], ldflags: list[str], python: str) -> str:
-    h = hashlib.sha256()
-    for part in (cc, python, *CFLAGS, *cflags, *ldflags):
-        h.update(part.encode() + b"\0")
-    for name, data in sorted(_read_sources().items()):
-        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()
-
-
-def _first_error_line(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower():
-            return ln
-    return lines[0] if lines else "no output"
-
-
 def build_preload(out_dir: Path | None = None, *, cc: str | None = None) -> Path:
     """Build the library if needed and return its path (`PreloadBuildError` says why not)."""
     check_platform()
     cc = cc or os.environ.get("CC") or "gcc"
     cflags, ldflags, python = python_embed_flags()
-    digest = _digest(cc, cflags, ldflags, python)
+    sources = _read_sources()
+    digest = content_digest((cc, python, *CFLAGS, *cflags, *ldflags), sources)
     if out_dir is None:
         out_dir = default_cache_root() / f"preload-{digest[:16]}"
-    out_dir = Path(out_dir)
-    lib = out_dir / LIB_NAME
-    stamp = out_dir / _STAMP
-    if lib.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
-        return lib
-    compiler = shutil.which(cc)
-    if compiler is None:
-        raise PreloadBuildError(f"cannot build the preload library: compiler {cc!r} not found on PATH")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PreloadBuildError(f"cannot create {out_dir}: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as tmp:
-        work = Path(tmp)
-        for name, data in _read_sources().items():
-            (work / name).write_bytes(data)
-        define = f'-DSGXEMU_DEFAULT_PYTHON="{python}"'
-        cmd = [compiler, *CFLAGS, *cflags, define, "-o", LIB_NAME, *_COMPILED, *ldflags]
-        try:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=False)
-        except OSError as exc:
-            raise PreloadBuildError(f"cannot run {compiler}: {exc}") from exc
-        if proc.returncode != 0:
-            output = proc.stdout + proc.stderr
-            raise PreloadBuildError(
-                f"{cc} failed building the preload library: {_first_error_line(output)}", output
-            )
-        os.replace(work / LIB_NAME, lib)
-        (work / _STAMP).write_text(digest + "\n")
-        os.replace(work / _STAMP, stamp)
-    return lib
+    define = f'-DSGXEMU_DEFAULT_PYTHON="{python}"'
+    return cached_build(
+        what="the preload library",
+        cc=cc,
+        sources=sources,
+        digest=digest,
+        out_dir=Path(out_dir),
+        product=LIB_NAME,
+        argv=lambda compiler: [
+            compiler, *CFLAGS, *cflags, define, "-o", LIB_NAME, *_COMPILED, *ldflags
+        ],
+        error=PreloadBuildError,
+    )
