@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sgxemu import Machine
 from sgxemu.exec.scripted import ScriptedEngine, ScriptedProgram
 from sgxemu.exec.scripted_selftest import selftest_program
+from sgxemu.linux import invariants as linux_invariants
 from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.load import LoadedEnclave, encl_build, sign
 from sgxemu.linux.process import Process
@@ -63,6 +64,7 @@ def make_machine(image: EnclaveImage) -> Iterator[MachineFactory]:
 
     yield make
     for m in made:
+        linux_invariants.check(m)  # the driver's records agree with each other and the EPCM
         for proc in list(m.processes.values()):
             proc.exit()
         assert not m.cpu.epcm, f"EPC not empty after every process exited: {len(m.cpu.epcm)}"

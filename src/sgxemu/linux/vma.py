@@ -39,6 +39,10 @@ MMAP_BASE = 0x7FFF_E000_0000  # top-down allocation starts below here [choice]
 MMAP_MIN_ADDR = 0x10000
 
 
+def _vma_start(vma: Vma) -> int:
+    return vma.start
+
+
 def calc_vm_prot_bits(prot: int) -> int:
     """PROT_READ/WRITE/EXEC -> VM_READ/WRITE/EXEC (same bit values on x86)."""
     return prot & VM_ACCESS_FLAGS
@@ -108,10 +112,11 @@ class Mm:
 
     def find_vma(self, addr: int) -> Vma | None:
         """The first VMA ending above `addr` (it may start above it too), like find_vma()."""
-        i = bisect.bisect_right(self._starts(), addr) - 1
-        if i >= 0 and addr < self.vmas[i].end:
-            return self.vmas[i]
-        return self.vmas[i + 1] if i + 1 < len(self.vmas) else None
+        vmas = self.vmas
+        i = bisect.bisect_right(vmas, addr, key=_vma_start) - 1  # no list of starts per lookup
+        if i >= 0 and addr < vmas[i].end:
+            return vmas[i]
+        return vmas[i + 1] if i + 1 < len(vmas) else None
 
     def vma_lookup(self, addr: int) -> Vma | None:
         """The VMA containing `addr`, if any."""
@@ -143,7 +148,7 @@ class Mm:
 
     def insert(self, vma: Vma) -> None:
         vma.mm = self
-        i = bisect.bisect_left(self._starts(), vma.start)
+        i = bisect.bisect_left(self.vmas, vma.start, key=_vma_start)
         self.vmas.insert(i, vma)
 
     def split(self, vma: Vma, addr: int) -> Vma:
