@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu.hw import invariants, processor
+from sgxemu.linux.load import sign
+from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
+from sgxemu.sign import generate_key
+from sgxemu.testenclave import build_test_enclave
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +22,24 @@ def _check_invariants() -> Iterator[None]:
     for cpu in list(processor.live_processors):
         if id(cpu) not in before:
             invariants.check(cpu)
+
+
+# The project's test enclave, its layout and a SIGSTRUCT for it: built once per session.
+@pytest.fixture(scope="session")
+def elf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_enclave(tmp_path_factory.mktemp("test-encl"))
+
+
+@pytest.fixture(scope="session")
+def key() -> rsa.RSAPrivateKey:
+    return generate_key()
+
+
+@pytest.fixture(scope="session")
+def image(elf_path: Path) -> EnclaveImage:
+    return load_segments(elf_path)
+
+
+@pytest.fixture(scope="session")
+def sigstruct(image: EnclaveImage, key: rsa.RSAPrivateKey) -> bytes:
+    return sign(image, key)

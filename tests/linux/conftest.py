@@ -4,42 +4,18 @@ with an empty EPC, and a small helper for selftest-style enclave calls."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu import Machine
 from sgxemu.exec.scripted import ScriptedEngine, ScriptedProgram
 from sgxemu.exec.scripted_selftest import selftest_program
 from sgxemu.linux import invariants as linux_invariants
 from sgxemu.linux.enclcall import EnclCaller
-from sgxemu.linux.load import LoadedEnclave, encl_build, sign
+from sgxemu.linux.load import LoadedEnclave, encl_build
 from sgxemu.linux.process import Process
-from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
-from sgxemu.sign import generate_key
-from sgxemu.testenclave import build_test_enclave
-
-
-@pytest.fixture(scope="session")
-def elf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_test_enclave(tmp_path_factory.mktemp("linux-encl"))
-
-
-@pytest.fixture(scope="session")
-def key() -> rsa.RSAPrivateKey:
-    return generate_key()
-
-
-@pytest.fixture(scope="session")
-def image(elf_path: Path) -> EnclaveImage:
-    return load_segments(elf_path)
-
-
-@pytest.fixture(scope="session")
-def sigstruct(image: EnclaveImage, key: rsa.RSAPrivateKey) -> bytes:
-    return sign(image, key)
+from sgxemu.loader.selftest_layout import EnclaveImage
 
 
 def scripted(program: ScriptedProgram) -> Callable[..., ScriptedEngine]:

@@ -4,42 +4,17 @@ design that must end with an empty EPC."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from variants_support import Built
 
 from sgxemu import Machine
 from sgxemu.exec.scripted import ScriptedEngine
 from sgxemu.exec.scripted_selftest import selftest_program
 from sgxemu.linux.enclcall import EnclCaller
-from sgxemu.linux.load import encl_build, sign
-from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
-from sgxemu.sign import generate_key
-from sgxemu.testenclave import build_test_enclave
-
-
-@pytest.fixture(scope="session")
-def elf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_test_enclave(tmp_path_factory.mktemp("variants-encl"))
-
-
-@pytest.fixture(scope="session")
-def key() -> rsa.RSAPrivateKey:
-    return generate_key()
-
-
-@pytest.fixture(scope="session")
-def image(elf_path: Path) -> EnclaveImage:
-    return load_segments(elf_path)
-
-
-@pytest.fixture(scope="session")
-def sigstruct(image: EnclaveImage, key: rsa.RSAPrivateKey) -> bytes:
-    return sign(image, key)
-
+from sgxemu.linux.load import encl_build
+from sgxemu.loader.selftest_layout import EnclaveImage
 
 MachineFactory = Callable[..., Machine]
 
