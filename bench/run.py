@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Modules providing BENCHMARKS {name: fn(quick) -> float} and TARGETS {name: (op, value, note)}.
-MODULES = ("hw_bench", "native_bench", "scripted_bench", "linux_bench", "sdk_bench", "preload_bench")
+MODULES = ("hw_bench", "native_bench", "scripted_bench", "linux_bench", "sdk_bench", "preload_bench", "explore_bench")
 
 
 def collect() -> tuple[dict[str, Callable[[bool], float]], dict[str, tuple[str, float, str]]]:

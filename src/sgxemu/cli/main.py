@@ -64,7 +64,7 @@ def _register_commands() -> None:
 
 
 # Modules of sgxemu.cli that each define a click command named `command`.
-COMMAND_MODULES: tuple[str, ...] = ("measure", "selftest", "run", "sign", "trace", "compare", "exec_cmd")
+COMMAND_MODULES: tuple[str, ...] = ("measure", "selftest", "run", "sign", "trace", "compare", "exec_cmd", "explore")
 
 
 def main() -> None:
