@@ -550,7 +550,15 @@ class MachineWorld:
             arg = action[2]
             target = f"({page_name(arg)})" if isinstance(arg, int) and arg else ""
             return f"host: ECALL {OP_NAMES.get(action[1], action[1])}{target}"  # type: ignore[call-overload]
-        return f"host: {action[0]} {page_name(action[1])} {action[2]:#x}"  # type: ignore[arg-type]
+        kind, page, value = action[0], action[1], action[2]
+        assert isinstance(page, int) and isinstance(value, int)
+        if kind == RESTRICT:
+            return f"host: restrict request({page_name(page)}, {_prot(value)})"
+        if kind == MPROTECT:
+            return f"host: mprotect({page_name(page)}, {_prot(value)})"
+        if kind in (MODT_TRIM, MODT_TCS):
+            return f"host: modify-type request({page_name(page)}, {'TRIM' if kind == MODT_TRIM else 'TCS'})"
+        return f"host: remove request({page_name(page)})"
 
     def close(self) -> None:
         if self.m is not None:

@@ -50,6 +50,8 @@ def _who(world: Any, move: Move) -> tuple[str, str]:
         return "host", "bug thread"
     if kind == "co":
         return "co-process", "kernel"
+    if kind == "sys":
+        return "host", "kernel"
     return "kernel", "CPU"
 
 
