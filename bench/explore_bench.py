@@ -91,5 +91,5 @@ BENCHMARKS: dict[str, Callable[[bool], float]] = {
 TARGETS = {
     "explore_states_per_s": (">=", 20_000.0, "one core, JIT W^X vs kernel+thread, CPU time"),
     "explore_speedup_2_workers": (">=", 1.5, "2 worker processes vs 1, wall clock, idle 2 cores"),
-    "parallel_baseline_2_processes": (">=", 1.8, "2 spinning processes vs 1: what the machine allows now"),
+    "parallel_baseline_2_processes": ("", 2.0, "report: 2 spinning processes vs 1, the ceiling right now"),
 }

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,14 +168,13 @@ class _ProcessPool:
     def root_info(self) -> tuple[tuple[int, int], tuple[str, ...], tuple[str, ...]]:
         return self._root
 
-    def run(self, jobs: list[tuple[int, int, list[Node]]], level: int) -> dict[int, list[Child]]:
+    def run(self, jobs: list[tuple[int, int, list[Node]]], level: int) -> Iterator[tuple[int, list[Child]]]:
+        """Submit a level's chunks; yield (ticket, successors) as workers finish them."""
         for ticket, worker, nodes in jobs:
             self.tasks[worker].put((ticket, level, nodes))
-        out: dict[int, list[Child]] = {}
         for _ in jobs:
             ticket, children = self.results.get()
-            out[ticket] = children
-        return out
+            yield ticket, children
 
     def close(self) -> None:
         for q in self.tasks:
@@ -218,11 +217,10 @@ def parallel_bfs(
                     part = idxs[start : start + chunk]
                     jobs.append((len(jobs), worker, [(frontier[i][0], frontier[i][1]) for i in part]))
                     members.append(part)
-            results = pool.run(jobs, depth)
             nxt: list[tuple[tuple[Move, ...], Move | None, int]] = []
-            for ticket, (_, worker, _) in enumerate(jobs):
+            for ticket, children in pool.run(jobs, depth):  # merged as they arrive
+                worker = jobs[ticket][1]
                 part = members[ticket]
-                children = results[ticket]
                 generated += len(children)
                 for i, move, key, bad, ctx in children:
                     node_key = (key, ctx)

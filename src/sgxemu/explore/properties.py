@@ -143,6 +143,10 @@ def _tcs_sealed(state: MonitorState, ev: Event) -> MonitorState:
     return state
 
 
+def _unbound(state: MonitorState, ev: Event) -> MonitorState:
+    raise RuntimeError("integrity's monitor needs a world's initial contents: use monitors()")
+
+
 def _empty_set(initial: Initial) -> MonitorState:
     return frozenset()
 
@@ -159,7 +163,7 @@ PROPERTIES: dict[str, Property] = {
                  _empty_set, _wx),
         Property("integrity", "every read by enclave code returns what enclave code last wrote "
                  "there (or the EADDed contents; zero for a heap page the runtime accepted as new)",
-                 _integrity_start, _wx),  # update bound per world (needs the initial contents)
+                 _integrity_start, _unbound),
         Property("accepted_reads", "the enclave never reads a page (incarnation) it has not "
                  "EADDed or EACCEPTed", _empty_tuple, _accepted_reads),
         Property("paging_fresh", "a page paged out and back in is the version that went out",

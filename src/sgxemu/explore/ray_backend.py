@@ -8,6 +8,7 @@ starts (or joins) a local cluster on this machine; on a real cluster pass the he
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,9 +48,14 @@ class RayPool:
         info: tuple[tuple[int, int], tuple[str, ...], tuple[str, ...]] = self.ray.get(self.actors[0].root_info.remote())
         return info
 
-    def run(self, jobs: list[tuple[int, int, list[Node]]], level: int) -> dict[int, list[Child]]:
-        refs = [(ticket, self.actors[w % len(self.actors)].expand.remote(nodes, level)) for ticket, w, nodes in jobs]
-        return {ticket: self.ray.get(ref)[0] for ticket, ref in refs}
+    def run(self, jobs: list[tuple[int, int, list[Node]]], level: int) -> Iterator[tuple[int, list[Child]]]:
+        """Submit a level's chunks; yield (ticket, successors) as actors finish them."""
+        ray = self.ray
+        pending = {self.actors[w % len(self.actors)].expand.remote(nodes, level): ticket for ticket, w, nodes in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)[0]
 
     def close(self) -> None:
         for a in self.actors:

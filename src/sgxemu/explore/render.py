@@ -170,7 +170,7 @@ def sequence_svg(steps_: Sequence[Step], title: str = "") -> str:
     x = {p: 40 + i * colw + colw // 2 for i, p in enumerate(parts)}
     rows = sum(1 + min(len(s.notes), 3) + len(s.broken) for s in steps_)
     width = 80 + colw * len(parts) + 520
-    height = top + rowh * (rows + 2)
+    height = top + rowh * (rows + 1)
     esc = html.escape
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -195,6 +195,7 @@ def sequence_svg(steps_: Sequence[Step], title: str = "") -> str:
         else:
             out.append(f'<line x1="{a}" y1="{y}" x2="{b}" y2="{y}" stroke="{color}" '
                        f'stroke-width="{2 if bad else 1.2}" marker-end="url(#arrow)"/>')
+        out.append(f'<text x="{min(a, b) + 6}" y="{y - 3}" font-size="10" fill="{color}">{s.n}</text>')
         out.append(f'<text x="{label_x}" y="{y + 4}" fill="{color}">{esc(f"{s.n}. {s.text} -> {s.outcome}")}</text>')
         y += rowh
         for note in s.notes[:3]:

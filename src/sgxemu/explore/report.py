@@ -66,7 +66,8 @@ def matrix_markdown(data: dict[str, Any]) -> str:
     n = len(cells)
     explored = [c for c in cells if not c["shared_with"]]
     states = sum(c["states"] for c in {(c["runtime"], c["adversary"], c["kernel"]): c for c in explored}.values())
-    out.append(f"{n} cells; {states:,} distinct states stored across the explorations; "
+    out.append(f"{n} cells; {states:,} states stored across the explorations (at leaf level a state "
+               f"counts once per pending PTE change, see the reduction below); "
                f"{data.get('seconds', 0):.0f} s on this 2-core machine (two cells at a time).")
     return "\n".join(out)
 

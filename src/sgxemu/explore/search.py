@@ -57,7 +57,7 @@ class Result:
     properties: tuple[str, ...]
     bound: int
     traces: dict[str, tuple[Move, ...]] = field(default_factory=dict)  # property -> shortest trace
-    states: int = 0  # distinct states (nodes) stored
+    states: int = 0  # nodes stored: distinct (state, last move if it was a PTE change)
     generated: int = 0  # successors computed (each one a move on the machine)
     depth: int = 0  # levels completed
     complete: bool = False  # the whole reachable space was explored before the bound
