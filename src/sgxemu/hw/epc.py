@@ -18,9 +18,9 @@ from ..arch.constants import PAGE_SHIFT, PAGE_SIZE
 # the physical address of non-EPC memory is the host address of its backing (see exec/).
 EPC_BASE = 0x8000_0000_0000
 
-# Python's mmap module only exposes MAP_NORESERVE from 3.13 on; without it the kernel's heuristic
-# overcommit refuses a reservation larger than RAM + swap (a 1 TiB EPC). Linux's value is 0x4000.
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+# Python 3.11's mmap module lacks MAP_NORESERVE; without it the kernel's heuristic overcommit
+# refuses a reservation larger than RAM + swap (a 1 TiB EPC). Linux's value is 0x4000.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 SCRUB_BATCH = 4096  # released pages kept committed before a bulk scrub
 
@@ -45,7 +45,7 @@ class Epc:
         self.npages = size >> PAGE_SHIFT
         per = size // sections
         self.sections = tuple(EpcSection(base + i * per, per) for i in range(sections))
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         self.buffer = mmap.mmap(-1, size, flags=flags)
         self.view = memoryview(self.buffer)
         # Freed pages not yet scrubbed. Every other free page reads as zero, so making a page

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
-import sys
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..hw.epc import MAP_NORESERVE
 from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
 
 PROT_NONE = 0
@@ -24,9 +24,6 @@ PROT_WRITE = 2
 PROT_EXEC = 4
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
-# Python < 3.12 lacks mmap.MAP_NORESERVE; without it Linux's overcommit heuristic refuses a
-# reservation larger than RAM. 0x4000 is its value on Linux.
-MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 def pte_for(pa: int, prot: int) -> int:
