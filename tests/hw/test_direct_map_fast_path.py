@@ -190,3 +190,58 @@ def test_direct_map_wider_than_the_epc(shift: int) -> None:
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0][0] == ("fault", "PageFault", hex(outside), "0x8001")
     assert outcomes[0][1][0] == ("fault", "PageFault", hex(outside), "0x8001")
+
+
+# The kernel's 16-EEXTEND loop (`encls_eextend_page`) against 16 single leaves, walked.
+def _page_once(rbx: str, rcx: str) -> Callable[[Machine], int]:
+    def op(m: Machine) -> int:
+        m.kit.cpu.encls_eextend_page(getattr(m, rbx), getattr(m, rcx), mem=m.kit.kmem)
+        return 0
+
+    return op
+
+
+def _page_by_leaves(rbx: str, rcx: str) -> Callable[[Machine], int]:
+    def op(m: Machine) -> int:
+        for off in range(0, PAGE_SIZE, 256):
+            assert m.kit.encls(EnclsLeaf.EEXTEND, getattr(m, rbx), getattr(m, rcx) + off) == 0
+        return 0
+
+    return op
+
+
+PAGE_OPERANDS = [("secs_pa", "data_pa"), ("data_pa", "data_pa"), ("secs_pa", "free_pa")]
+
+
+@pytest.mark.parametrize("override", OVERRIDES, ids=list(OVERRIDES))
+@pytest.mark.parametrize("operands", PAGE_OPERANDS, ids=["-".join(o) for o in PAGE_OPERANDS])
+def test_eextend_page_matches_sixteen_leaves(override: str, operands: tuple[str, str]) -> None:
+    outcomes = []
+    for walked, op in ((False, _page_once(*operands)), (True, _page_by_leaves(*operands))):
+        m = Machine(walked)
+        pte = OVERRIDES[override](m)
+        if pte is not None:
+            m.flat.set_pte(*pte)
+        outcomes.append((m.outcome(op), m.kit.cpu.encls_count[EnclsLeaf.EEXTEND]))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("offset", [0x0, 0xF000, 0x1234_5000, 0xFFFF_F000])
+def test_eextend_page_hashes_like_sixteen_leaves_at_any_offset(offset: int) -> None:
+    """Chunk k's header differs from chunk 0's in offset bits 11:8 only; check high offsets."""
+    digests = []
+    for by_leaves in (False, True):
+        kit = LeafKit(Processor(epc_size=1 << 20, cpus=1))
+        encl = kit.ecreate(0x1_0000_0000, 1 << 32)
+        data = bytes((i * 13 + 7) & 0xFF for i in range(PAGE_SIZE))
+        pa = kit.eadd(encl, encl.base + offset, data, REG_RW, measure=False)
+        if by_leaves:
+            for off in range(0, PAGE_SIZE, 256):
+                assert kit.encls(EnclsLeaf.EEXTEND, encl.secs_pa, pa + off) == 0
+        else:
+            kit.cpu.encls_eextend_page(encl.secs_pa, pa, mem=kit.kmem)
+        secs = kit.cpu.secs_of(kit.cpu.epc.index(encl.secs_pa))
+        assert secs is not None and secs.measurement is not None
+        digests.append((secs.measurement.final(), secs.measurement.update_counter))
+    assert digests[0] == digests[1]
+    assert digests[0][1] == 1 + 1 + 16 * 5  # ECREATE, EADD, 16 x (header + 4 data blocks)

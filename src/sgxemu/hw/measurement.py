@@ -24,6 +24,12 @@ _EADD: Final = struct.Struct("<8sQQ40x")  # tag, offset u64, SECINFO.FLAGS u64, 
 _EEXTEND: Final = struct.Struct("<8sQ48x")  # tag, offset u64, zeros
 # The EEXTEND header and its 256 data bytes, packed in one call (the leaf's hot path).
 _EEXTEND_DATA: Final = struct.Struct("<8sQ48x256s")
+# A page as its 16 EEXTEND chunks, split in one call (the page-measuring hot path).
+_PAGE_CHUNKS: Final = struct.Struct(f"{EEXTEND_CHUNK}s" * (4096 // EEXTEND_CHUNK))
+# Where chunk k's header keeps offset bits 15:8 (byte 1 of the u64 at header byte 8), k >= 1.
+_HEADER_OFFSET_BYTE1: Final = tuple(
+    (k * (MEAS_BLOCK_SIZE + EEXTEND_CHUNK) + 9, k) for k in range(1, 4096 // EEXTEND_CHUNK)
+)
 
 _U32_MAX: Final = (1 << 32) - 1
 _U64_MAX: Final = (1 << 64) - 1
@@ -110,6 +116,18 @@ class MeasurementState:
         """
         self._h.update(_EEXTEND_DATA.pack(b"EEXTEND", offset, chunk256))
         self.update_counter += EEXTEND_BLOCKS
+
+    def eextend_page_checked(self, page_offset: int, page: bytes) -> None:
+        """16 `eextend_checked` calls over a 4096-byte page at a page-aligned ELRANGE offset."""
+        # Chunk k's header is chunk 0's with k in offset bits 11:8 (zero in a page offset).
+        header = _EEXTEND.pack(b"EEXTEND", page_offset)
+        blocks = bytearray(header)
+        blocks += header.join(_PAGE_CHUNKS.unpack(page))
+        byte1 = header[9]
+        for pos, k in _HEADER_OFFSET_BYTE1:
+            blocks[pos] = byte1 | k
+        self._h.update(blocks)
+        self.update_counter += EEXTEND_BLOCKS * (4096 // EEXTEND_CHUNK)
 
     def final(self) -> bytes:
         """SHA256FINAL (SDM EINIT): the MRENCLAVE digest. The running state is kept."""

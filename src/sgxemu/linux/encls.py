@@ -84,6 +84,14 @@ class Encls:
     def eextend(self, secs: int, addr: int) -> int:
         return self._leaf(EnclsLeaf.EEXTEND, secs, addr)
 
+    def eextend_page(self, secs: int, page: int) -> int:
+        """The 16 EEXTENDs of sgx_encl_extend; the first failure's outcome, else 0."""
+        try:
+            self.cpu.encls_eextend_page(secs, page, mem=self.mem)
+        except SgxFault as fault:
+            return SGX_ENCLS_FAULT_FLAG | int(fault.vector)
+        return 0
+
     def einit(self, sigstruct: bytes, token: bytes, secs: int) -> int:
         self.mem.write(_SIGSTRUCT, sigstruct)
         self.mem.write(_TOKEN, token)
