@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .errors import CliError, UsageLineError, emit_json, parse_size
 from .selftest import _check_kernel
-from .sign import load_image, read_key
+from .sign import load_image, read_key, relocations_option
 
 if TYPE_CHECKING:
     from ..linux.load import LoadedEnclave
@@ -347,19 +347,22 @@ def _describe(r: dict[str, Any]) -> str:
 @click.option("--heap", "heap", metavar="SIZE", default="4K", show_default=True, help="Heap load.c appends.")
 @click.option("--epc", "epc", metavar="SIZE", default="128M", show_default=True, help="EPC size of the machine.")
 @click.option("--kernel", "kernel", metavar="VARIANT", default=None, help="Driver design variant (default: merged).")
+@relocations_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(
     enclave: str, key_path: str | None, tcs: int, ops: tuple[str, ...], heap: str, epc: str,
-    kernel: str | None, as_json: bool,
+    kernel: str | None, relocations: str, as_json: bool,
 ) -> None:
     """Load ENCLAVE.elf (load.c rules), sign it, EINIT it, and call it with each --op.
 
     The enclave must speak the kernel selftest's protocol (the op struct's address in RDI),
     like sgxemu's test enclave. Each call prints what came back and any exception.
+    Relocations the loader applies are applied for the base the ELRANGE reservation gives,
+    and the enclave is signed after that.
     """
     from .. import Machine
     from ..linux.errors import Signal
-    from ..linux.load import encl_build, measure, sign
+    from ..linux.load import encl_build, measure
     from ..selftests.runner import session_key
     from ..sign import mrsigner_of_key
 
@@ -367,17 +370,16 @@ def command(
     heap_size = parse_size(heap, "--heap", maximum=1 << 30)
     epc_size = parse_size(epc, "--epc", minimum=64 << 10)
     _check_kernel(kernel)
-    image = load_image(enclave, heap_size)
+    image = load_image(enclave, heap_size, relocations)
     check_ops(parsed, image, tcs)
     key = read_key(key_path) if key_path else session_key()
-    sigstruct = sign(image, key)
     kw: dict[str, Any] = {"epc_size": epc_size, "engine": "native"}
     if kernel is not None:
         kw["kernel"] = kernel
     with Machine(**kw) as m:
         proc = m.spawn()
         try:
-            encl = encl_build(proc, image, sigstruct=sigstruct)
+            encl = encl_build(proc, image, key)  # signs once relocated for the base it picks
         except OSError as exc:
             raise CliError(
                 f"building {enclave} through /dev/sgx_enclave failed: {os.strerror(exc.errno or 0)}",
@@ -398,7 +400,7 @@ def command(
             "size": encl.size,
             "tcs": [encl.base + image.tcs_offset + i * PAGE for i in range(runner.ntcs)],
             "mrenclave": einit[0].hex() if einit else None,
-            "mrenclave_offline": measure(image).hex(),
+            "mrenclave_offline": measure(encl.image).hex(),
             "mrsigner": einit[1].hex() if einit else mrsigner_of_key(key).hex(),
             "ops": results,
         }

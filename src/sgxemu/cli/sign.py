@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from .errors import CliError, emit_json, existing_file, parse_size
+from .errors import CliError, UsageLineError, emit_json, existing_file, parse_size
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -17,17 +17,52 @@ if TYPE_CHECKING:
     from ..loader.selftest_layout import EnclaveImage
 
 
-def load_image(path: str, heap_size: int) -> EnclaveImage:
+RELOCATIONS_HELP = (
+    "Who applies the ELF's R_X86_64_RELATIVE relocations: 'loader' (for the enclave base, "
+    "before EADD: MRENCLAVE depends on the base) or 'enclave' (it relocates itself after entry)."
+)
+relocations_option = click.option(
+    "--relocations", "relocations", type=click.Choice(["loader", "enclave"]), default="loader",
+    show_default=True, help=RELOCATIONS_HELP,
+)
+
+
+def load_image(path: str, heap_size: int, relocations: str = "loader") -> EnclaveImage:
     """The ELF laid out by load.c's rules, or a one-line CliError."""
-    from ..loader.selftest_layout import EnclaveFormatError, load_segments
+    from ..loader.selftest_layout import EnclaveFormatError, RelocationPolicy, load_segments
 
     elf = existing_file(path, "enclave")
     try:
-        return load_segments(elf, heap_size=heap_size)
+        return load_segments(elf, heap_size=heap_size, relocation_policy=RelocationPolicy(relocations))
     except EnclaveFormatError as exc:
         raise CliError(
             str(exc), "give a 64-bit x86-64 enclave ELF laid out like the kernel selftest's test_encl.elf"
         ) from exc
+
+
+def parse_base(text: str) -> int:
+    """--base: an address in any base (0x... usually)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageLineError(f"--base {text!r} is not a number", "write the address like 0x7f0000000000") from None
+
+
+def image_at_base(image: EnclaveImage, base: int | None) -> EnclaveImage:
+    """`image` as loaded at `base`; a one-line CliError when its MRENCLAVE needs a base and none was given."""
+    if base is not None:
+        try:
+            return image.at_base(base)
+        except ValueError as exc:
+            raise CliError(str(exc), "SECS.BASEADDR must be naturally aligned: give an aligned --base") from exc
+    if image.needs_base:
+        raise CliError(
+            f"{image.path}: {len(image.relocations)} relocations for the loader to apply make MRENCLAVE "
+            "depend on the enclave base",
+            f"give --base ADDR (where ELRANGE will be, a multiple of {image.encl_size:#x}), "
+            "or --relocations enclave if the enclave relocates itself",
+        )
+    return image
 
 
 def read_key(path: str) -> rsa.RSAPrivateKey:
@@ -76,10 +111,13 @@ def write_new_key(path: str) -> rsa.RSAPrivateKey:
 @click.option("--out", "out", metavar="FILE.sig", help="Where to write the SIGSTRUCT [default: ./NAME.sig for NAME.elf].")
 @click.option("--heap", "heap", metavar="SIZE", default="4K", show_default=True,
               help="Heap load.c appends (unmeasured, but it sets the enclave size, hence MRENCLAVE).")
+@click.option("--base", "base_text", metavar="ADDR", default=None,
+              help="Enclave base (SECS.BASEADDR) to apply relocations for; needed when the loader applies them.")
+@relocations_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(
     enclave: str | None, key_path: str | None, gen_key: str | None, out: str | None, heap: str,
-    as_json: bool,
+    base_text: str | None, relocations: str, as_json: bool,
 ) -> None:
     """Compute MRENCLAVE offline (the kernel selftest's load.c layout) and write the SIGSTRUCT.
 
@@ -87,6 +125,7 @@ def command(
     sgxemu sign test_encl.elf --key key.pem             # writes ./test_encl.sig
     sgxemu sign --gen-key key.pem                       # a fresh RSA-3072 e=3 key
     sgxemu sign test_encl.elf --gen-key key.pem --out s.sig
+    sgxemu sign reloc_encl.elf --key key.pem --base 0x7f0000000000   # relocations applied there
     """
     from ..linux.load import SECS_ATTRIBUTES, SECS_XFRM, measure, sign
     from ..sign import mrsigner_of_key
@@ -98,7 +137,10 @@ def command(
     if enclave is not None and not key_path and not gen_key:
         raise CliError("no key given", "add --key KEY.pem, or --gen-key FILE to make one")
     heap_size = parse_size(heap, "--heap", maximum=1 << 30)
-    image = load_image(enclave, heap_size) if enclave is not None else None
+    base = parse_base(base_text) if base_text is not None else None
+    image = load_image(enclave, heap_size, relocations) if enclave is not None else None
+    if image is not None:
+        image = image_at_base(image, base)
     key = read_key(key_path) if key_path else write_new_key(gen_key or "")
     result: dict[str, Any] = {"key": key_path or gen_key, "key_generated": bool(gen_key)}
     result["mrsigner"] = mrsigner_of_key(key).hex()
@@ -113,6 +155,8 @@ def command(
             enclave=str(image.path),
             heap_size=heap_size,
             enclave_size=image.encl_size,
+            relocations=len(image.relocations),
+            relocated_for=image.relocated_for,
             mrenclave=measure(image).hex(),
             attributes=f"{SECS_ATTRIBUTES:#x}",
             xfrm=f"{SECS_XFRM:#x}",
@@ -127,6 +171,9 @@ def command(
     if image is not None:
         console.print(f"enclave    {result['enclave']} ({len(image.segments)} segments, "
                       f"heap {heap_size:#x}, ELRANGE size {image.encl_size:#x})", soft_wrap=True)
+        if image.relocated_for is not None:
+            console.print(f"relocated  {len(image.relocations)} relocations applied for base "
+                          f"{image.relocated_for:#x} (MRENCLAVE is for that base only)", soft_wrap=True)
         console.print(f"MRENCLAVE  {result['mrenclave']}", soft_wrap=True)
     console.print(f"MRSIGNER   {result['mrsigner']}", soft_wrap=True)
     if image is not None:

@@ -4,6 +4,10 @@
 `encl_load` + `encl_build` + `setup_test_encl` do in a process: open /dev/sgx_enclave, probe
 two mmaps, reserve a naturally aligned ELRANGE, CREATE, ADD_PAGES per segment, INIT, then map
 every segment MAP_SHARED|MAP_FIXED with its protection.
+
+An image whose relocations the loader applies (`RelocationPolicy.LOADER`) gets them once the
+reservation fixed the base, in the loader's private copy of the file; it is signed after that,
+so a SIGSTRUCT given by the caller must have been made for the base the reservation picks.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ SECS_XFRM = 3
 
 
 def measure(image: EnclaveImage) -> bytes:
-    """MRENCLAVE as sigstruct.c's encl_measure computes it."""
+    """MRENCLAVE as sigstruct.c's encl_measure computes it; BaseRequiredError while the loader
+    still has relocations to apply (`EnclaveImage.at_base`)."""
+    image.check_measurable()
     m = EnclaveMeasurer(image.encl_size, 1)
     for seg in image.segments:
         for off in range(0, seg.size, PAGE_SIZE):
@@ -63,7 +69,7 @@ class LoadedEnclave:
     fd: int
     base: int
     size: int
-    image: EnclaveImage
+    image: EnclaveImage  # as added: relocated for `base` when the loader applies relocations
     sigstruct: bytes
     src: int  # the "ELF file" mapping (PROT_READ)
     heap_src: int
@@ -88,6 +94,14 @@ class LoadedEnclave:
         p.munmap(self.heap_src, self.image.heap.size)
 
 
+def _rewrite_source(proc: Process, src: int, image: EnclaveImage) -> None:
+    """The loader patches its private (copy-on-write) copy of the file before ADD_PAGES."""
+    proc.mprotect(src, image.src_size, PROT_READ | PROT_WRITE)
+    for seg in image.segments[:-1]:
+        proc.write(src + seg.offset, seg.data)
+    proc.mprotect(src, image.src_size, PROT_READ)
+
+
 def encl_build(
     proc: Process,
     image: EnclaveImage,
@@ -97,10 +111,12 @@ def encl_build(
     map_segments: bool = True,
     attributes: int = SECS_ATTRIBUTES,
 ) -> LoadedEnclave:
-    """Load, build and (by default) map `image` in `proc`; OSError from the failing call."""
-    if sigstruct is None:
-        assert key is not None, "need a key or a ready SIGSTRUCT"
-        sigstruct = sign(image, key)
+    """Load, build and (by default) map `image` in `proc`; OSError from the failing call.
+
+    Without `sigstruct`, `image` is signed with `key` once its pages are final (relocated for
+    the base the ELRANGE reservation gives).
+    """
+    assert sigstruct is not None or key is not None, "need a key or a ready SIGSTRUCT"
     fd = proc.open("/dev/sgx_enclave", os.O_RDWR)
     for prot in (PROT_READ, PROT_EXEC):  # load.c's probes: mmap works before CREATE
         probe = proc.mmap(0, PAGE_SIZE, prot, MAP_SHARED, fd, 0)
@@ -120,6 +136,13 @@ def encl_build(
         proc.munmap(area, base - area)
     if area + 2 * size > base + size:
         proc.munmap(base + size, area + 2 * size - (base + size))
+    relocated = image.at_base(base)
+    if relocated is not image:
+        _rewrite_source(proc, src, relocated)
+        image, heap = relocated, relocated.heap
+    if sigstruct is None:
+        assert key is not None
+        sigstruct = sign(image, key)
     # Argument blocks in process memory, as a C program would have them.
     scratch = proc.alloc(3 * PAGE_SIZE)
     proc.write(scratch, secs_page(base, size, attributes))

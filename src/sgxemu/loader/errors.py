@@ -1,17 +1,18 @@
-"""Typed errors of the enclave-file loaders (SDK `.signed.so`, SGXS, detached SIGSTRUCT).
+"""Typed errors of the enclave-file loaders (selftest-layout ELF, SDK `.signed.so`, SGXS,
+detached SIGSTRUCT).
 
 Every message is one line meant for a user: the CLI prints it as is.
 """
 
 from __future__ import annotations
 
-from sgxemu.loader.selftest_layout import EnclaveFormatError
-
 __all__ = [
+    "BaseRequiredError",
     "EnclaveFormatError",
     "InvalidMetadataError",
     "NotAnEnclaveError",
     "PartialMeasurementError",
+    "RelocationError",
     "SgxsFormatError",
     "SigstructFormatError",
     "TruncatedFileError",
@@ -19,6 +20,10 @@ __all__ = [
     "UnsignedEnclaveError",
     "UnsupportedEnclaveError",
 ]
+
+
+class EnclaveFormatError(ValueError):
+    """The file is not an enclave image these loading rules accept."""
 
 
 class NotAnEnclaveError(EnclaveFormatError):
@@ -59,3 +64,13 @@ class PartialMeasurementError(EnclaveFormatError):
     ADD_PAGES measures either nothing or all 16 chunks in ascending order (ioctl.c
     __sgx_encl_extend); a stream measuring a subset or another order cannot be loaded.
     """
+
+
+class RelocationError(EnclaveFormatError):
+    """A dynamic relocation no loader without a dynamic linker can apply, or one outside the
+    bytes the loader adds (see `sgxemu.loader.elf_relocs`)."""
+
+
+class BaseRequiredError(EnclaveFormatError):
+    """The image has relocations for the loader to apply, so its pages (and MRENCLAVE) depend
+    on the enclave base, which was not given."""

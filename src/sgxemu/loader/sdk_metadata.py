@@ -29,7 +29,10 @@ __all__ = [
     "Metadata",
     "PatchEntry",
     "ProgramHeader",
+    "Rela",
     "parse_elf",
+    "read_dynamic",
+    "read_rela",
     "read_metadata_copies",
     "select_metadata",
 ]
@@ -46,6 +49,7 @@ ELF_MAGIC: Final = b"\x7fELF"
 ELFCLASS64: Final = 2
 ELFDATA2LSB: Final = 1
 EV_CURRENT: Final = 1
+ET_EXEC: Final = 2
 ET_DYN: Final = 3
 EM_X86_64: Final = 62
 PT_LOAD: Final = 1
@@ -55,10 +59,16 @@ DT_NULL: Final = 0
 DT_PLTRELSZ: Final = 2
 DT_RELA: Final = 7
 DT_RELASZ: Final = 8
+DT_RELAENT: Final = 9
+DT_REL: Final = 17
+DT_RELSZ: Final = 18
 DT_TEXTREL: Final = 22
 DT_JMPREL: Final = 23
 DT_NUM: Final = 35
+DT_RELR: Final = 36
+RELA_SIZE: Final = _RELA.size
 R_X86_64_NONE: Final = 0
+R_X86_64_RELATIVE: Final = 8
 PF_X: Final = 1
 PF_W: Final = 2
 PF_R: Final = 4
@@ -138,6 +148,7 @@ class SectionHeader:
     sh_offset: int
     sh_size: int
     sh_addralign: int
+    sh_flags: int = 0
 
 
 @dataclass
@@ -161,8 +172,12 @@ class ElfFile:
         return next((s for s in self.sections if s.sh_addr == addr), None)
 
 
-def parse_elf(data: bytes) -> ElfFile:
-    """ELF header, program and section headers, dynamic tags; typed errors for bad input."""
+def parse_elf(data: bytes, *, accept_exec: bool = False) -> ElfFile:
+    """ELF header, program and section headers, dynamic tags; typed errors for bad input.
+
+    SDK enclaves are shared objects; `accept_exec` also takes ET_EXEC, which the kernel
+    selftest's loader accepts (an enclave linked with -static instead of -static-pie).
+    """
     if len(data) < 4 or data[:4] != ELF_MAGIC:
         raise NotAnEnclaveError("not an enclave: neither an ELF file nor an SGXS stream")
     _need(data, _EHDR.size, "the ELF header")
@@ -170,7 +185,8 @@ def parse_elf(data: bytes) -> ElfFile:
      e_phnum, e_shentsize, e_shnum, e_shstrndx) = _EHDR.unpack_from(data, 0)
     if ident[4] != ELFCLASS64:
         raise UnsupportedEnclaveError("unsupported enclave: only 64-bit (ELFCLASS64) enclaves are supported")
-    if ident[5] != ELFDATA2LSB or ident[6] != EV_CURRENT or e_type != ET_DYN or e_machine != EM_X86_64:
+    types = (ET_DYN, ET_EXEC) if accept_exec else (ET_DYN,)
+    if ident[5] != ELFDATA2LSB or ident[6] != EV_CURRENT or e_type not in types or e_machine != EM_X86_64:
         raise NotAnEnclaveError("not an enclave: the ELF file is not an x86-64 shared object")
     if e_phentsize != _PHDR.size or (e_shnum and e_shentsize != _SHDR.size):
         raise InvalidMetadataError("invalid enclave: unexpected ELF header entry sizes")
@@ -190,16 +206,16 @@ def parse_elf(data: bytes) -> ElfFile:
         strtab_off, strtab_size = raw_sh[e_shstrndx][4], raw_sh[e_shstrndx][5]
         _need(data, strtab_off + strtab_size, "the section name table")
         strtab = data[strtab_off : strtab_off + strtab_size]
-        for sh_name, sh_type, _f, sh_addr, sh_offset, sh_size, _l, _i, sh_addralign, _e in raw_sh:
+        for sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, _l, _i, sh_addralign, _e in raw_sh:
             end = strtab.find(b"\0", sh_name)
             name = strtab[sh_name : end if end >= 0 else len(strtab)].decode("latin-1")
-            sections.append(SectionHeader(name, sh_type, sh_addr, sh_offset, sh_size, sh_addralign))
+            sections.append(SectionHeader(name, sh_type, sh_addr, sh_offset, sh_size, sh_addralign, sh_flags))
     return ElfFile(data, phdrs, sections, _parse_dynamic(data, phdrs))
 
 
-def _parse_dynamic(data: bytes, phdrs: list[ProgramHeader]) -> dict[int, int]:
-    """Tags of the first PT_DYNAMIC up to DT_NULL (elfparser.cpp parse_dyn)."""
-    dyn: dict[int, int] = {}
+def read_dynamic(data: bytes, phdrs: list[ProgramHeader]) -> list[tuple[int, int]]:
+    """Every (d_tag, d_val) of the first PT_DYNAMIC, in order, up to DT_NULL."""
+    tags: list[tuple[int, int]] = []
     for p in phdrs:
         if p.p_type != PT_DYNAMIC:
             continue
@@ -209,11 +225,39 @@ def _parse_dynamic(data: bytes, phdrs: list[ProgramHeader]) -> dict[int, int]:
             tag, val = _DYN.unpack_from(data, off)
             if tag == DT_NULL:
                 break
-            if 0 <= tag < DT_NUM:
-                dyn[tag] = val
+            tags.append((tag, val))
             off += _DYN.size
         break
-    return dyn
+    return tags
+
+
+def _parse_dynamic(data: bytes, phdrs: list[ProgramHeader]) -> dict[int, int]:
+    """Tags below DT_NUM of the first PT_DYNAMIC, the last one winning (elfparser.cpp parse_dyn)."""
+    return {tag: val for tag, val in read_dynamic(data, phdrs) if 0 <= tag < DT_NUM}
+
+
+@dataclass(frozen=True, slots=True)
+class Rela:
+    """One Elf64_Rela entry."""
+
+    r_offset: int
+    r_info: int
+    r_addend: int
+
+    @property
+    def type(self) -> int:
+        return self.r_info & 0xFFFFFFFF
+
+    @property
+    def sym(self) -> int:
+        return self.r_info >> 32
+
+
+def read_rela(data: bytes, offset: int, size: int) -> list[Rela]:
+    """The Elf64_Rela entries of the `size`-byte table at file `offset` (a partial last entry
+    is ignored, as elfparser.cpp does)."""
+    _need(data, offset + size, "a relocation table")
+    return [Rela(*_RELA.unpack_from(data, off)) for off in range(offset, offset + size - _RELA.size + 1, _RELA.size)]
 
 
 def validate_segments(elf: ElfFile) -> None:
@@ -253,14 +297,12 @@ def reloc_pages(elf: ElfFile) -> frozenset[int] | None:
         sec = elf.section_at(addr)
         if sec is None:
             continue
-        _need(elf.data, sec.sh_offset + size, "a relocation table")
-        for off in range(sec.sh_offset, sec.sh_offset + size - _RELA.size + 1, _RELA.size):
-            r_offset, r_info, _ = _RELA.unpack_from(elf.data, off)
-            if r_info & 0xFFFFFFFF == R_X86_64_NONE:
+        for rela in read_rela(elf.data, sec.sh_offset, size):
+            if rela.type == R_X86_64_NONE:
                 continue
-            frames.add(r_offset >> 12)
-            if r_offset & (PAGE_SIZE - 1) > PAGE_SIZE - 8:
-                frames.add((r_offset >> 12) + 1)
+            frames.add(rela.r_offset >> 12)
+            if rela.r_offset & (PAGE_SIZE - 1) > PAGE_SIZE - 8:
+                frames.add((rela.r_offset >> 12) + 1)
     # Frames beyond the image (highest-rva LOAD end) are outside the SDK's bitmap.
     loads = elf.loads
     if loads:
