@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,3 +44,18 @@ def image(elf_path: Path) -> EnclaveImage:
 @pytest.fixture(scope="session")
 def sigstruct(image: EnclaveImage, key: rsa.RSAPrivateKey) -> bytes:
     return sign(image, key)
+
+
+# The preload tests' C host program (tests/preload/host.c) and what it runs: tests/preload and the
+# `sgxemu exec` CLI tests share one build.
+@pytest.fixture(scope="session")
+def built(
+    tmp_path_factory: pytest.TempPathFactory, elf_path: Path, image: EnclaveImage, sigstruct: bytes
+) -> dict[str, Any]:
+    from hostprog import compile_host
+    from sgxemu.preload import build_preload
+
+    out = tmp_path_factory.mktemp("preload")
+    (out / "sig.bin").write_bytes(sigstruct)
+    return {"elf": elf_path, "image": image, "sig": sigstruct, "sig_path": out / "sig.bin",
+            "host": compile_host(out), "lib": build_preload(), "dir": out}  # fmt: skip

@@ -17,23 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hostprog import TIMEOUT, sgxemu_exec, write_uapi_header
 from sgxemu import Machine, uapi
-from sgxemu.linux.load import LoadedEnclave, encl_build, sign
+from sgxemu.linux.load import LoadedEnclave, encl_build
 from sgxemu.linux.process import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, Process
 from sgxemu.linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
-from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
-from sgxemu.preload import build_preload
-from sgxemu.sign import generate_key
-from sgxemu.testenclave import build_test_enclave
+from sgxemu.loader.selftest_layout import EnclaveImage
 from sgxemu.testenclave import protocol as P
 
-HERE = Path(__file__).resolve().parent
 PAGE = 4096
 EENTER, ERESUME, EEXIT = 2, 3, 4
 EPC = 8 << 20
-TIMEOUT = 240
 
 
 def cx(value: int) -> str:
@@ -41,76 +36,7 @@ def cx(value: int) -> str:
     return hex(value) if value else "0"
 
 
-# -- building ----------------------------------------------------------------------------------
-def _have_sgx_header(cc: str) -> bool:
-    probe = subprocess.run(
-        [cc, "-E", "-x", "c", "-"], input="#include <asm/sgx.h>\n", capture_output=True,
-        text=True, check=False,
-    )  # fmt: skip
-    return probe.returncode == 0
-
-
-def write_uapi_header(include_dir: Path) -> Path:
-    """<asm/sgx.h> written from sgxemu.uapi, for systems without the kernel's uapi headers."""
-    ctype = {ctypes.c_uint64: "__u64", ctypes.c_uint32: "__u32", ctypes.c_uint16: "__u16",
-             ctypes.c_uint8: "__u8"}  # fmt: skip
-    lines = ["/* Generated from sgxemu/uapi.py (the Linux uapi <asm/sgx.h>). */",
-             "#ifndef _ASM_X86_SGX_H", "#define _ASM_X86_SGX_H", "#include <linux/types.h>",
-             "enum sgx_page_flags { SGX_PAGE_MEASURE = 0x01 };", "#define SGX_MAGIC 0xA4"]  # fmt: skip
-    for name in dir(uapi):
-        if name.startswith("SGX_IOC_"):
-            lines.append(f"#define {name} {getattr(uapi, name):#x}UL")
-    for cls in (uapi.sgx_enclave_create, uapi.sgx_enclave_add_pages, uapi.sgx_enclave_init,
-                uapi.sgx_enclave_provision, uapi.sgx_enclave_restrict_permissions,
-                uapi.sgx_enclave_modify_types, uapi.sgx_enclave_remove_pages,
-                uapi.sgx_enclave_run):  # fmt: skip
-        lines.append(f"struct {cls.__name__} {{")
-        for field, typ in cls._fields_:  # type: ignore[misc]
-            if hasattr(typ, "_length_"):
-                lines.append(f"\t{ctype[typ._type_]} {field}[{typ._length_}];")
-            else:
-                lines.append(f"\t{ctype[typ]} {field};")
-        lines.append("};")
-    lines.append("#endif")
-    path = include_dir / "asm" / "sgx.h"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def compile_host(out_dir: Path) -> Path:
-    cc = shutil.which("gcc")
-    assert cc is not None, "gcc is required to build the host program (install gcc)"
-    flags = ["-O2", "-Wall", "-Werror", "-pthread"]
-    if not _have_sgx_header(cc):
-        write_uapi_header(out_dir / "include")
-        flags.append(f"-I{out_dir / 'include'}")
-    exe = out_dir / "host"
-    subprocess.run([cc, *flags, "-o", str(exe), str(HERE / "host.c")], check=True)
-    return exe
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    assert shutil.which("gcc") is not None, "gcc is required for the preload tests"
-    out = tmp_path_factory.mktemp("preload")
-    elf = build_test_enclave(out / "encl")
-    image = load_segments(elf)
-    key: rsa.RSAPrivateKey = generate_key()
-    sig = sign(image, key)
-    (out / "sig.bin").write_bytes(sig)
-    lib = build_preload()
-    return {"elf": elf, "image": image, "sig": sig, "sig_path": out / "sig.bin",
-            "host": compile_host(out), "lib": lib, "dir": out}  # fmt: skip
-
-
-def sgxemu_exec(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "sgxemu", "exec", *args]
-    full = dict(os.environ)
-    full.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=full, check=False)
-
-
+# -- running it (`built`, the host program and the enclave, is in tests/conftest.py) ----------
 def run_host(built: dict[str, Any], *extra: str, sgx1: bool = False) -> list[str]:
     opts = ["--epc", "8M"] + (["--sgx1"] if sgx1 else [])
     proc = sgxemu_exec(*opts, "--", str(built["host"]), str(built["elf"]), str(built["sig_path"]), *extra)

@@ -117,8 +117,9 @@ def test_cli_json_and_html(tmp_path: Path) -> None:
                   "--html", str(out)]
     )
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
-    assert [(d["flow"], d["kernel"], d["outcome"]) for d in data] == [
+    data = json.loads(res.output)  # one object, like every command's --json
+    assert (data["flows"], data["kernels"]) == (["guard-pages"], ["merged", "v2"])
+    assert [(d["flow"], d["kernel"], d["outcome"]) for d in data["results"]] == [
         ("guard-pages", "merged", "works"), ("guard-pages", "v2", "works")]
     page = out.read_text()
     assert "<svg" in page and "</html>" in page

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,9 +11,13 @@ import click
 from ..explore.adversaries import ADVERSARIES, kernels
 from ..explore.properties import PROPERTIES
 from ..explore.runtimes import RUNTIMES
+from .errors import emit_json
+from .progress import live_progress
 
 if TYPE_CHECKING:
-    from ..explore.matrix import Cell, Matrix
+    from rich.progress import Progress
+
+    from ..explore.matrix import Cell, CellsDone, Matrix
 
 
 @click.command("explore")
@@ -43,14 +47,22 @@ def command(props: tuple[str, ...], advs: tuple[str, ...], kernel_names: tuple[s
             ray_address: str | None, as_json: bool, svg_file: Path | None) -> None:
     """Explore every interleaving of an SGX2 runtime's steps with an adversary's moves, up to a
     bound, on the processor model; report per property, adversary and kernel design whether it
-    holds or is violated, with a shortest attack trace."""
+    holds or is violated, with a shortest attack trace.
+
+    On a terminal (not with --json) a progress bar counts the matrix's cells as their
+    explorations finish, with the states stored so far by the one under way (all workers' in a
+    one-cell parallel search; not shown when several cells run in parallel)."""
     from ..explore.matrix import run_matrix
 
-    if ray_address is not None or (workers > 1 and _single(runtimes, advs, kernel_names)):
-        matrix = _one_cell_parallel(runtimes, advs, kernel_names, props, bound, workers, ray_address)
-    else:
-        matrix = run_matrix(runtimes or None, advs or None, kernel_names or None, props or None,
-                            bound=bound, walks=walks, jobs=workers, machine_bound=machine_bound)
+    with live_progress(disable=as_json) as progress:
+        show = _Display(progress, workers)
+        if ray_address is not None or (workers > 1 and _single(runtimes, advs, kernel_names)):
+            matrix = _one_cell_parallel(runtimes, advs, kernel_names, props, bound, workers,
+                                        ray_address, on_states=show.states, progress=show.cells_done)
+        else:
+            matrix = run_matrix(runtimes or None, advs or None, kernel_names or None, props or None,
+                                bound=bound, walks=walks, jobs=workers, machine_bound=machine_bound,
+                                progress=show.cells_done, on_states=show.states)
     first = next((c for c in matrix.cells if c.violated and not c.shared_with), None)
     if svg_file is not None and first is not None:
         svg_file.write_text(_render(first)[2], encoding="utf-8")
@@ -60,7 +72,7 @@ def command(props: tuple[str, ...], advs: tuple[str, ...], kernel_names: tuple[s
             steps_text, seq, _ = _render(first)
             out["first_trace"] = {"cell": [first.runtime, first.prop, first.adversary, first.kernel],
                                   "steps": steps_text, "sequence": seq}
-        click.echo(json.dumps(out))
+        emit_json(out)
         return
     _print(matrix)
     if first is not None:
@@ -76,14 +88,41 @@ def command(props: tuple[str, ...], advs: tuple[str, ...], kernel_names: tuple[s
         click.echo("\nNo violation found: no SVG written.")
 
 
+class _Display:
+    """The progress bar: the matrix's cells decided so far, and the states stored by the
+    exploration under way (or, with several in parallel, which one finished last)."""
+
+    def __init__(self, progress: Progress, workers: int) -> None:
+        self.progress = progress
+        self.workers = workers
+        self.task = progress.add_task("planning", total=None)
+        self.current = ""
+
+    def states(self, label: str, n: int) -> None:
+        # Many calls a second: drawn at the display's pace, except a new exploration's first.
+        self.progress.update(self.task, description=f"{label}: {n} states", refresh=label != self.current)
+        self.current = label
+
+    def cells_done(self, report: CellsDone) -> None:
+        text = None  # serially, the next exploration's states line follows
+        if not report.cells:  # the plan: the first exploration starts
+            text = f"exploring ({self.workers} processes)" if self.workers > 1 else "exploring"
+        elif self.workers > 1:
+            c = report.cells[0]
+            text = f"done {c.runtime} / {c.adversary} / {c.kernel}"
+        self.progress.update(self.task, description=text, completed=report.done, total=report.total,
+                             refresh=True)  # fmt: skip
+
+
 def _single(runtimes: tuple[str, ...], advs: tuple[str, ...], ks: tuple[str, ...]) -> bool:
     return len(runtimes) == 1 and len(advs) == 1 and len(ks) <= 1
 
 
 def _one_cell_parallel(runtimes: tuple[str, ...], advs: tuple[str, ...], ks: tuple[str, ...],
                        props: tuple[str, ...], bound: int | None, workers: int,
-                       ray_address: str | None) -> Matrix:
-    from ..explore.matrix import LEAF_BOUND, MACHINE_BOUND, Cell, Matrix
+                       ray_address: str | None, *, on_states: Callable[[str, int], None],
+                       progress: Callable[[CellsDone], None]) -> Matrix:
+    from ..explore.matrix import LEAF_BOUND, MACHINE_BOUND, Cell, CellsDone, Matrix
     from ..explore.parallel import WorldSpec, parallel_bfs
 
     if not _single(runtimes, advs, ks):
@@ -96,7 +135,11 @@ def _one_cell_parallel(runtimes: tuple[str, ...], advs: tuple[str, ...], ks: tup
     b = bound if bound is not None else (LEAF_BOUND if adv.level == "leaf" else MACHINE_BOUND)
     backend = "ray" if ray_address is not None else "process"
     address = None if ray_address in (None, "local") else ray_address
-    res = parallel_bfs(spec, b, workers=workers, backend=backend, ray_address=address)
+    label = f"{spec.runtime} / {spec.adversary} / {kernel}"
+    total = len([p for p in RUNTIMES[spec.runtime].properties if not props or p in props])
+    progress(CellsDone((), 0, total))
+    res = parallel_bfs(spec, b, workers=workers, backend=backend, ray_address=address,
+                       on_states=lambda n: on_states(label, n))
     from ..explore.adversaries import make_world
 
     w = make_world(spec.runtime, spec.adversary, spec.kernel, spec.properties)
@@ -107,6 +150,7 @@ def _one_cell_parallel(runtimes: tuple[str, ...], advs: tuple[str, ...], ks: tup
              res.seconds, adv.level)
         for p in res.properties
     ]
+    progress(CellsDone(tuple(cells), len(cells), len(cells)))
     return Matrix(cells, res.seconds)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from .errors import DEBUG_KEY, SgxemuGroup
+from .errors import DEBUG_KEY, SgxemuGroup, emit_json
 
 
 @click.group(cls=SgxemuGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,15 +29,13 @@ def demo(as_json: bool) -> None:
 
     result = run_demo()
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "mrenclave": result.mrenclave.hex(),
-                    "mrenclave_offline": result.mrenclave_offline.hex(),
-                    "mrsigner": result.mrsigner.hex(),
-                    "steps": [vars(s) for s in result.steps],
-                }
-            )
+        emit_json(
+            {
+                "mrenclave": result.mrenclave.hex(),
+                "mrenclave_offline": result.mrenclave_offline.hex(),
+                "mrsigner": result.mrsigner.hex(),
+                "steps": [vars(s) for s in result.steps],
+            }
         )
         return
     console = Console()

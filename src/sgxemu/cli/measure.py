@@ -8,7 +8,6 @@ Exit status: 0 all good (or nothing to check), 1 a check failed (signature or me
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from ..loader.plan import Measurement, SigstructReport, check_sigstruct
 from ..loader.sdk import SdkEnclave, parse_sdk_enclave
 from ..loader.sdk_metadata import ELF_MAGIC
 from ..loader.sgxs import SgxsEnclave, is_sgxs, parse_sgxs, read_sigstruct
-from .errors import CliError
+from .errors import CliError, emit_json
 
 EXIT_MISMATCH = 1
 
@@ -170,7 +169,7 @@ def command(ctx: click.Context, file: Path, sig_path: Path | None, as_json: bool
             out["signature_valid"] = report.format_ok and report.signature_ok
             out["measurement_matches"] = bool(report.measurement_ok)
             out["ok"] = report.ok
-        click.echo(json.dumps(out))
+        emit_json(out)
     else:
         _print_text(file, enc, m, source, report)
     if report is not None and not report.ok:

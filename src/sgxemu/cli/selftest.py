@@ -8,17 +8,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from .errors import CliError, debug_enabled, emit_json, human_size, parse_size
+from .progress import live_progress
 
 _STYLE = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}
 
@@ -84,10 +77,7 @@ def command(
             f"kernel {kernel or 'merged'}, engine {engine}, enclave {suite.elf.name}",
             soft_wrap=True,
         )
-        progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description:<48}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
-        )
+        progress = live_progress(console)
         with progress:
             task = progress.add_task("starting", total=len(names))
             results = suite.run_all(

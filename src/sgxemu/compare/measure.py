@@ -8,7 +8,7 @@ taken around the flow's body: nothing here is written down by hand.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -143,8 +143,12 @@ def run_comparison(
     flows: Iterable[str] | None = None,
     kernels: Iterable[str] | None = None,
     enclave: ComparisonEnclave | None = None,
+    *,
+    on_start: Callable[[str, str], None] | None = None,
+    on_done: Callable[[FlowResult, int, int], None] | None = None,
 ) -> list[FlowResult]:
-    """Every flow on every kernel (flow-major order)."""
+    """Every flow on every kernel (flow-major order). For a progress display: `on_start(flow,
+    kernel)` before each cell, `on_done(result, done, total)` after it (done == total last)."""
     flow_names = list(flows) if flows is not None else list(FLOWS)
     kernel_names = list(kernels) if kernels is not None else list(KERNELS)
     for name in flow_names:
@@ -153,4 +157,12 @@ def run_comparison(
     for name in kernel_names:
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
-    return [run_flow(f, k, enclave=enclave) for f in flow_names for k in kernel_names]
+    cells = [(f, k) for f in flow_names for k in kernel_names]
+    results: list[FlowResult] = []
+    for f, k in cells:
+        if on_start is not None:
+            on_start(f, k)
+        results.append(run_flow(f, k, enclave=enclave))
+        if on_done is not None:
+            on_done(results[-1], len(results), len(cells))
+    return results

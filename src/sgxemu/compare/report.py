@@ -4,9 +4,9 @@ inline SVG chart, and JSON."""
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -85,8 +85,13 @@ def _lines(d: dict[str, int]) -> str:
     return "\n".join(f"{k} {v}" for k, v in d.items()) or "—"
 
 
-def to_json(results: Sequence[FlowResult]) -> str:
-    return json.dumps([r.to_json() for r in results], indent=2)
+def to_json(results: Sequence[FlowResult]) -> dict[str, Any]:
+    """One JSON object: the flows and kernel designs run, and one result per (flow, design)."""
+    return {
+        "flows": list(dict.fromkeys(r.flow for r in results)),
+        "kernels": _kernels(results),
+        "results": [r.to_json() for r in results],
+    }
 
 
 # -- HTML -----------------------------------------------------------------------------------------

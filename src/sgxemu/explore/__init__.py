@@ -9,7 +9,7 @@ See docs/threats.md for the design and the verdict matrix it produced.
 """
 
 from .adversaries import ADVERSARIES, Adversary, kernel_caps, kernels, make_world, protocol
-from .matrix import Cell, Matrix, explore_cell, run_matrix
+from .matrix import Cell, CellsDone, Matrix, explore_cell, run_matrix
 from .properties import PROPERTIES, Property
 from .render import numbered, sequence_svg, sequence_text, steps
 from .runtimes import RUNTIMES, Runtime, runtime
@@ -21,6 +21,7 @@ __all__ = [
     "RUNTIMES",
     "Adversary",
     "Cell",
+    "CellsDone",
     "Matrix",
     "Property",
     "Result",

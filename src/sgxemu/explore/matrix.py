@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,8 +84,18 @@ class Job:
     machine_bound: int | None = None
 
 
-def explore_cell(job: Job) -> list[Cell]:
-    """Explore one (runtime, adversary, kernel); one Cell per property."""
+@dataclass(frozen=True)
+class CellsDone:
+    """A progress report of `run_matrix`: once with no cells when the plan is made, then once
+    per finished exploration, in the order they finish."""
+
+    cells: tuple[Cell, ...]  # the cells it decided, those of designs sharing it included
+    done: int  # cells of the matrix decided so far (== total in the last report)
+    total: int  # cells in the matrix
+
+
+def explore_cell(job: Job, on_states: Callable[[int], None] | None = None) -> list[Cell]:
+    """Explore one (runtime, adversary, kernel); one Cell per property. `on_states`: see `bfs`."""
     started = time.perf_counter()
     adv = ADVERSARIES[job.adversary]
     world = make_world(job.runtime, job.adversary, job.kernel, job.properties)
@@ -96,7 +106,7 @@ def explore_cell(job: Job) -> list[Cell]:
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        res = bfs(world, bound, max_states=job.max_states)
+        res = bfs(world, bound, max_states=job.max_states, on_states=on_states)
         traces = {p: (t, "bfs") for p, t in res.traces.items()}
         missing = [p for p in world.props if p not in traces]
         if missing and job.walks and not res.complete:
@@ -172,44 +182,72 @@ def run_matrix(
     walks: int = 0,
     jobs: int = 1,
     max_states: int | None = 400_000,
-    progress: Any = None,
+    progress: Callable[[CellsDone], None] | None = None,
+    on_states: Callable[[str, int], None] | None = None,
     machine_bound: int | None = None,
 ) -> Matrix:
     """Run every cell (in `jobs` processes) and assemble the matrix. `bound` is the number of
     moves explored against a malicious kernel (leaf level, default 7), `machine_bound` at the
-    machine level (default 60, which completes every runtime here)."""
+    machine level (default 60, which completes every runtime here).
+
+    For a progress display: `progress` gets a `CellsDone` report (see there); `on_states(label,
+    n)` hears the states stored so far by the exploration under way ("runtime / adversary /
+    kernel"), in a serial run only (parallel workers are other processes)."""
     started = time.perf_counter()
     todo, alias = plan(runtimes, adversaries, kernel_names, properties, bound=bound, walks=walks,
                        max_states=max_states, machine_bound=machine_bound)
+    sharers: dict[tuple[str, str, str], list[str]] = {}
+    for (_r, _a, k), first in alias.items():
+        sharers.setdefault(first, []).append(k)
+    total = sum(len(j.properties or ()) * (1 + len(sharers.get(_key(j), []))) for j in todo)
+    out: list[Cell] = []
+
+    def finished(cells: list[Cell]) -> None:
+        decided = cells + _shared_copies(cells, sharers)
+        out.extend(decided)
+        if progress is not None:
+            progress(CellsDone(tuple(decided), len(out), total))
+
+    if progress is not None:
+        progress(CellsDone((), 0, total))
     for k in {j.kernel for j in todo}:
         from .adversaries import kernel_caps
 
         kernel_caps(k)  # measured once here, inherited by forked workers
-    results: list[list[Cell]] = []
     if jobs > 1 and len(todo) > 1:
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(jobs) as pool:
-            for cells in pool.imap(explore_cell, todo):
-                results.append(cells)
-                if progress is not None:
-                    progress(cells)
+            for cells in pool.imap_unordered(explore_cell, todo):  # reported as they finish
+                finished(cells)
     else:
         for job in todo:
-            cells = explore_cell(job)
-            results.append(cells)
-            if progress is not None:
-                progress(cells)
-    by_key: dict[tuple[str, str, str], list[Cell]] = {}
-    for cells in results:
-        c = cells[0]
-        by_key[(c.runtime, c.adversary, c.kernel)] = cells
-    out: list[Cell] = [c for cells in results for c in cells]
-    for (_r, _a, k), (r0, a0, k0) in alias.items():
-        for c in by_key.get((r0, a0, k0), []):
-            copy = Cell(**{**asdict(c), "kernel": k, "shared_with": k0, "trace": c.trace})
-            out.append(copy)
+            finished(explore_cell(job, _labelled(on_states, job)))
     order = {name: i for i, name in enumerate(RUNTIMES)}
     aorder = {name: i for i, name in enumerate(ADVERSARIES)}
     korder = {name: i for i, name in enumerate(kernels())}
     out.sort(key=lambda c: (order.get(c.runtime, 99), c.prop, aorder.get(c.adversary, 9), korder.get(c.kernel, 9)))
     return Matrix(out, time.perf_counter() - started)
+
+
+def _key(job: Job) -> tuple[str, str, str]:
+    return job.runtime, job.adversary, job.kernel
+
+
+def _shared_copies(cells: list[Cell], sharers: dict[tuple[str, str, str], list[str]]) -> list[Cell]:
+    """The cells of the designs that reuse this exploration (malicious-kernel worlds)."""
+    if not cells:
+        return []
+    first = cells[0]
+    kernels_sharing = sharers.get((first.runtime, first.adversary, first.kernel), [])
+    return [
+        Cell(**{**asdict(c), "kernel": k, "shared_with": c.kernel, "trace": c.trace})
+        for k in kernels_sharing
+        for c in cells
+    ]
+
+
+def _labelled(on_states: Callable[[str, int], None] | None, job: Job) -> Callable[[int], None] | None:
+    if on_states is None:
+        return None
+    label = f"{job.runtime} / {job.adversary} / {job.kernel}"
+    return lambda n: on_states(label, n)

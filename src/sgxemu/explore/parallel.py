@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,8 +195,10 @@ def parallel_bfs(
     backend: str = "process",
     ray_address: str | None = None,
     max_states: int | None = None,
+    on_states: Callable[[int], None] | None = None,
 ) -> Result:
-    """Breadth-first search to `bound` with `workers` processes (or Ray actors)."""
+    """Breadth-first search to `bound` with `workers` processes (or Ray actors). `on_states(n)`
+    (a progress display) hears the number of states stored as each chunk's successors merge."""
     started = time.perf_counter()
     spec = spec.with_key()
     pool: Any = _ProcessPool(spec, por, workers) if backend == "process" else _ray_pool(spec, por, workers, ray_address)
@@ -207,6 +209,8 @@ def parallel_bfs(
     frontier: list[tuple[tuple[Move, ...], Move | None, int]] = [((), None, 0)]
     generated = 0
     depth = 0
+    if on_states is not None:
+        on_states(1)
     try:
         while frontier and depth < bound:
             by_worker = _balance(frontier, workers)
@@ -232,6 +236,8 @@ def parallel_bfs(
                     for p in bad:
                         if p not in found:
                             found[p] = path
+                if on_states is not None:
+                    on_states(len(seen))
             depth += 1
             frontier = nxt
             if max_states is not None and len(seen) >= max_states:

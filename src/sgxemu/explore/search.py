@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,8 +111,11 @@ def bfs(
     max_states: int | None = None,
     stop_when_violated: bool = False,
     deadline: float | None = None,
+    on_states: Callable[[int], None] | None = None,
 ) -> Result:
-    """Breadth-first exhaustive search of every execution of at most `bound` moves."""
+    """Breadth-first exhaustive search of every execution of at most `bound` moves.
+    `on_states(n)` (a progress display) hears the number of states stored: once for the root,
+    then after each node is expanded."""
     props = tuple(properties if properties is not None else getattr(world, "props", ()))
     started = time.perf_counter()
     root = world.reset()
@@ -123,6 +126,8 @@ def bfs(
     found: dict[str, tuple[Move, ...]] = {}
     for p in world.violated(root):
         found[p] = ()
+    if on_states is not None:
+        on_states(1)
     generated = 0
     depth = 0
     stop = False
@@ -144,6 +149,8 @@ def bfs(
                         if p not in found:
                             found[p] = _path(parents, cnode)
                 world.restore(state)
+            if on_states is not None:
+                on_states(len(parents))
             if max_states is not None and len(parents) >= max_states:
                 stop = True
                 break

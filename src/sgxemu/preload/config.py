@@ -17,6 +17,7 @@
 | SGXEMU_VERBOSE | 1: one line at start-up saying what is emulated | 0 |
 | SGXEMU_DISABLE | 1: the library does nothing | 0 |
 | SGXEMU_PYTHON | the Python interpreter whose environment has sgxemu | the build's |
+| SGXEMU_STATS | a directory: at exit() the process writes its counters there (`preload.stats`) | unset |
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Calls from C (all return an int; a negative value is -errno):
   follows until control returns to host code: EEXIT, or an AEX the kernel hands back to user
   space (the vDSO's exception fixup, or a signal), or an AEX for a pending host signal.
 * `patch_cpuid(path, base)`: the CPUID fallback (see docs/preload.md).
+* `at_exit()`: the process exits; with SGXEMU_STATS set, write its counters (`preload.stats`).
 
 Threads: each host thread gets its own model `Thread` (its own logical processor, round robin)
 and its own engine (one Unicorn instance). One lock serializes the model; a thread running
@@ -48,6 +49,7 @@ from ..linux.machine import Machine
 from ..linux.process import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_TYPE, Process, Thread
 from ..linux.usermem import UserMemory
 from .config import PreloadConfig
+from .stats import STATS_ENV, counters, write_stats
 
 ABI_VERSION = 4
 RESUME = 0
@@ -625,6 +627,21 @@ class Runtime:
         return SIGNAL
 
     # -- CPUID fallback ---------------------------------------------------------------------------
+    # -- exit ----------------------------------------------------------------------------------
+    def at_exit(self) -> int:
+        """The process exits (the library's destructor): leave the counters where
+        SGXEMU_STATS says (`sgxemu exec --json` reads them). Never fails the exit."""
+        directory = os.environ.get(STATS_ENV)
+        if not directory:
+            return 0
+        try:
+            write_stats(directory, os.getpid(), counters(self.machine, self.proc, self.config.kernel))
+        except Exception:  # a full disk or a removed directory must not change the exit
+            if _DEBUG:
+                traceback.print_exc()
+            return -errno.EIO
+        return 0
+
     def patch_cpuid(self, path: bytes, base: int) -> int:
         """Make the CPUID instructions of a loaded object trap (UD2), for the SIGILL handler."""
         try:

@@ -209,3 +209,17 @@ void sgxemu_py_atfork_child(void)
 	PyOS_AfterFork_Child();	/* runs os.register_at_fork(after_in_child=...) hooks */
 	py_release();
 }
+
+/*
+ * The process exits through exit() or a return from main: with SGXEMU_STATS set (sgxemu exec
+ * --json), the runtime writes its counters. Only when asked, and only if the emulator started:
+ * an ordinary exit takes no lock and runs no Python.
+ */
+__attribute__((destructor)) static void py_at_exit(void)
+{
+	const char *v = getenv("SGXEMU_STATS");
+
+	if (!py_ok || !v || !*v)
+		return;
+	(void)sgxemu_py_call("at_exit", "()");
+}
