@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 
 from hostprog import sgxemu_exec
@@ -71,6 +72,15 @@ def test_json_program_killed_by_a_signal() -> None:
                    code=128 + 15)  # fmt: skip
     assert (d["exit_status"], d["signal"], d["stdout"]) == (None, "SIGTERM", "hi\n")
     assert d["program"] == "sh" and d["path"].endswith("/sh")
+
+
+@pytest.mark.parametrize(("sig", "num"), [("SEGV", 11), ("ILL", 4)])
+def test_a_sent_sigsegv_or_sigill_kills_as_without_the_preload(sig: str, num: int) -> None:
+    """The preload catches SIGSEGV/SIGILL for its traps; one sent with kill() (no faulting
+    instruction to repeat) still ends the program with that signal."""
+    d = one_object(run("exec", "--cpuid", "off", "--json", "--", "sh", "-c", f"echo hi; kill -{sig} $$"),
+                   code=128 + num)  # fmt: skip
+    assert (d["exit_status"], d["signal"], d["stdout"]) == (None, f"SIG{sig}", "hi\n")
 
 
 def test_json_print_env() -> None:

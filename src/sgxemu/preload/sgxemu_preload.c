@@ -1311,12 +1311,13 @@ static void chain(int sig, siginfo_t *si, void *ctx, int synthesized)
 		return;
 	}
 	/* Default action. A real fault: reset and return, the instruction faults again and the
-	 * process dies of it. An emulated one: raise it again now that nothing catches it. */
+	 * process dies of it. An emulated one, or one sent by kill()/tgkill()/sigqueue() (si_code
+	 * <= 0, which no instruction repeats): raise it again now that nothing catches it. */
 	struct sigaction dfl;
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
 	get_sigaction()(sig, &dfl, NULL);
-	if (synthesized)
+	if (synthesized || si->si_code <= 0)
 		syscall(SYS_rt_tgsigqueueinfo, getpid(), (pid_t)syscall(SYS_gettid), sig, si);
 }
 
