@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,21 +47,6 @@ def tdqe_bytes() -> bytes:
 @pytest.fixture(scope="module")
 def tdqe(tdqe_bytes: bytes) -> SdkEnclave:
     return parse_sdk_enclave(tdqe_bytes, str(TDQE_PATH))
-
-
-@pytest.fixture
-def machine() -> Iterator[Machine]:
-    m = Machine(epc_size=8 << 20, cpus=1)
-    yield m
-    for proc in list(m.processes.values()):
-        proc.exit()
-    assert not m.cpu.epcm, "EPC not empty after every process exited"
-    m.cpu.close()
-
-
-@pytest.fixture
-def proc(machine: Machine) -> Process:
-    return machine.spawn()
 
 
 def initialized_secs(machine: Machine) -> SecsState:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,21 +86,6 @@ def sgxs_bytes() -> bytes:
 @pytest.fixture(scope="module")
 def enclave(sgxs_bytes: bytes) -> SgxsEnclave:
     return parse_sgxs(sgxs_bytes, str(SGXS_PATH))
-
-
-@pytest.fixture
-def machine() -> Iterator[Machine]:
-    m = Machine(epc_size=4 << 20, cpus=1)
-    yield m
-    for proc in list(m.processes.values()):
-        proc.exit()
-    assert not m.cpu.epcm, "EPC not empty after every process exited"
-    m.cpu.close()
-
-
-@pytest.fixture
-def proc(machine: Machine) -> Process:
-    return machine.spawn()
 
 
 def test_test_enclave_measures_to_its_sigstruct(enclave: SgxsEnclave, sgxs_bytes: bytes) -> None:
