@@ -825,6 +825,132 @@ def test_native_register_view_xsave_is_fxsave64(mini: Mini) -> None:
     assert ours[:416] == theirs[:416]
 
 
+def _fxsave_image(area: bytes) -> bytes:
+    """What FXSAVE64 reports after FXRSTOR64 of `area` (SDM Vol. 1 Table 10-2): FOP bits 10:0,
+    MXCSR_MASK FFFFh, bytes 10-15 of each ST slot and bytes 416-511 zero (a reference model)."""
+    out = bytearray(area[:416]) + bytes(96)
+    out[5] = 0
+    out[6:8] = (int.from_bytes(area[6:8], "little") & 0x7FF).to_bytes(2, "little")
+    out[28:32] = (0xFFFF).to_bytes(4, "little")
+    for i in range(8):
+        out[32 + 16 * i + 10 : 32 + 16 * i + 16] = bytes(6)
+    return bytes(out)
+
+
+def _random_legacy(rnd: Any) -> bytearray:
+    """A random x87/SSE state in the legacy layout, with junk in every ignored field."""
+    area = bytearray(rnd.randbytes(512))
+    area[6:24] = bytes(18)  # FOP, FIP, FDP: QEMU's FXSAVE64 stores 0 there (Unicorn holds them)
+    area[24:28] = (0x1F80 | rnd.randrange(0x40)).to_bytes(4, "little")  # MXCSR, valid bits
+    return area
+
+
+def test_native_raw_fxsave_fxrstor_round_trip_random_states(tw: World) -> None:
+    """Loading any legacy area and reading it back gives its FXSAVE image (FOP, FIP and FDP
+    as loaded: Unicorn keeps them); reading twice gives the same bytes."""
+    import random
+
+    raw = tw.engine().view.raw
+    rnd = random.Random(11)
+    for _ in range(300):
+        area = bytes(rnd.randbytes(512))
+        raw.fxrstor(area)
+        image = raw.fxsave()
+        assert image == _fxsave_image(area)
+        assert raw.fxsave() == image
+        raw.fxrstor(image)
+        assert raw.fxsave() == image
+
+
+def test_native_view_xsave_after_xrstor_without_execution(mini: Mini) -> None:
+    """xrstor() is lazy: xsave() before any code ran reports what FXSAVE64 would, and the
+    enclave's own FXSAVE64 of that state agrees byte for byte."""
+    import random
+
+    w = mini.w
+    eng = w.engine()
+    view = eng.view
+    rnd = random.Random(7)
+    area = _random_legacy(rnd)
+    area[6:8] = b"\xff\xff"  # FOP: the view reports bits 10:0, as FXSAVE defines it
+    view.xrstor(bytes(area))
+    assert view.xsave()[6:8] == b"\xff\x07" and view.xsave() == _fxsave_image(area)
+    for _ in range(6):
+        area = _random_legacy(rnd)
+        view.xrstor(bytes(area))
+        assert view.xsave() == _fxsave_image(area)
+        view.xrstor(bytes(area))  # again, then straight into the enclave
+        ex = run_mini(mini, eng, "fxsave")
+        assert ex.kind is ExitKind.EEXIT
+        theirs = w.umem.read(UBUF, 512)
+        assert theirs[:416] == _fxsave_image(area)[:416]
+        assert view.xsave() == _fxsave_image(area)
+
+
+def test_native_x87_sse_state_survives_aex_and_eresume_bit_exactly(mini: Mini) -> None:
+    """The SSA receives the exact state; AEX leaves INIT (all 512 bytes); ERESUME puts the
+    saved state back, as the enclave's FXSAVE64 after the resume shows."""
+    w = mini.w
+    eng = w.engine()
+    w.umem.write(UBUF + 0x800, bytes(range(32)))
+    ex = run_mini(mini, eng, "fp_fault")
+    _check_pf(ex, UBUF + 0x1000, 0x7)
+    area = w.epc_read(BASE + M_SSA1, 512)
+    assert eng.view.xsave() == bytes(xsave_init_legacy())
+    w.umem.protect(UBUF + 0x1000, PAGE_SIZE, PROT_READ | PROT_WRITE)
+    assert eresume(w, eng).kind is ExitKind.EEXIT
+    assert w.umem.read(UBUF + 0x2000, 416) == area[:416]
+    assert eng.view.xsave()[:416] == area[:416]
+
+
+def test_native_aex_right_after_eresume_saves_the_loaded_state(mini: Mini) -> None:
+    """ERESUME loads the SSA's x87/SSE area; an AEX before any instruction ran saves what
+    FXSAVE reports for it (reserved fields cleared), not the bytes as they were."""
+    import random
+
+    w = mini.w
+    eng = w.engine()
+    ex = run_mini(mini, eng, "fp_fault")
+    _check_pf(ex, UBUF + 0x1000, 0x7)
+    area = _random_legacy(random.Random(3))
+    area[416:512] = b"\xa5" * 96
+    index = w.index(BASE + M_SSA1)
+    w.cpu.epc.write(index, 0, bytes(area))  # the enclave may write its own SSA frame
+    r = eng.regs
+    w.cpu.enclu(eng.lp, r, w.umem)  # ERESUME
+    ex = eng.interrupt()
+    assert ex.kind is ExitKind.AEX and ex.event is None
+    assert w.epc_read(BASE + M_SSA1, 512) == _fxsave_image(area)
+    assert eng.view.xsave() == bytes(xsave_init_legacy())
+    assert eresume(w, eng).kind is ExitKind.AEX  # the store faults again (the page is RO)
+    assert w.epc_read(BASE + M_SSA1, 512)[160:416] == bytes(area[160:416])
+
+
+def test_native_entry_rechecks_pages_changed_behind_the_model(mini: Mini) -> None:
+    """Pages Unicorn keeps across entries are checked against the EPCM and page tables as they
+    are at the entry, however they were changed (here: written directly, as no leaf would)."""
+    w = mini.w
+    eng = w.engine()
+    p = BASE + M_P
+    w.umem.write(UBUF, struct.pack("<Q", 3))
+    assert run_mini(mini, eng, "loop").kind is ExitKind.EEXIT  # P written: a W translation
+    assert run_mini(mini, eng, "store_p").kind is ExitKind.EEXIT
+    e = w.cpu.epcm[w.index(p)]
+    e.perms = R  # the EPCM field, in place
+    _check_pf(run_mini(mini, eng, "store_p"), p, PF_W_SGX)
+    e.perms = R | W
+    eresume_to_exit = eresume(w, eng)
+    assert eresume_to_exit.kind is ExitKind.EEXIT
+    # The same fields in a new entry object: still the same rights, the store works.
+    clone = type(e)(e.pt, e.secs, e.linaddr, e.perms)
+    w.cpu.epcm[w.index(p)] = clone
+    assert run_mini(mini, eng, "store_p").kind is ExitKind.EEXIT
+    # The page table entry of an untrusted page the enclave wrote: now read-only.
+    assert run_mini(mini, eng, "fxsave").kind is ExitKind.EEXIT
+    w.umem.protect(UBUF, PAGE_SIZE, PROT_READ)
+    _check_pf(run_mini(mini, eng, "fxsave"), UBUF, 0x7)
+
+
 def test_native_budget_slices_and_instruction_counts(mini: Mini) -> None:
     w = mini.w
     eng = w.engine()

@@ -75,6 +75,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Vector
 from ..hw.access import EXECUTE, READ, WRITE, tlb_fill
 from ..hw.enclu.aex import aex
+from ..hw.epcm import EpcmEntry
 from ..hw.faults import (
     CpuException,
     DeviceNotAvailable,
@@ -154,6 +155,7 @@ _ENCLU_BAD_PREFIXES = frozenset({0x66, 0xF0, 0xF2, 0xF3})  # #UD (SDM ENCLU: NP,
 _CHUNK = 2 << 20  # on-demand host mapping granule
 _REVALIDATE_MAX = 32  # pages checked again at entry instead of flushing Unicorn's TLB
 _EEXIT = EngineExit(ExitKind.EEXIT, None, 0)  # immutable: shared by every uncounted EEXIT
+_AEX = ExitKind.AEX
 # Sweep results per processor: (EPC index, linear page) -> (content, flagged addresses).
 _SCANS: weakref.WeakKeyDictionary[Processor, dict[tuple[int, int], tuple[bytes, frozenset[int]]]]
 _SCANS = weakref.WeakKeyDictionary()
@@ -187,6 +189,7 @@ class NativeEngine:
         self._h = handle
         self._ctx = ctypes.c_void_p()
         self._finalizer = weakref.finalize(self, _release, handle, self._ctx)
+        self._closed = False  # close() ran (the finalizer runs then, or at exit: never earlier)
         # The translation cache is reserved, not committed (Unicorn's default is 1 GiB).
         _check(uclib.uc_ctl(handle, _ctl_code(UC_CTL_TCG_BUFFER_SIZE, UC_CTL_IO_WRITE, 1),
                             ctypes.c_uint32(tcg_buffer_size)), "TCG buffer size")  # fmt: skip
@@ -222,6 +225,10 @@ class NativeEngine:
         self._error: BaseException | None = None
         self._tlb_stale = False
         self._granted: dict[int, tuple[int, int]] = {}  # Unicorn TLB content: page -> (pa, perms)
+        # The last tlb_fill of each granted page, for _revalidate: page -> (PTE, EPCM entry,
+        # its fields, (index, rights)), valid for the SECS in _fills_secs.
+        self._fills: dict[int, tuple[int, EpcmEntry | None, tuple[Any, ...], tuple[int, int]]] = {}
+        self._fills_secs: tuple[Any, ...] = ()
         self._counting = True  # the start-up runs armed Unicorn's count hook
         self._maint = False
         self._until = 0
@@ -241,6 +248,7 @@ class NativeEngine:
         _check(uclib.uc_context_alloc(handle, ctypes.byref(self._ctx)), "context")
         _check(uclib.uc_context_save(handle, self._ctx), "context save")
         self._regs.forget()
+        self._ctx_fx = self._regs.xsave()  # the x87/SSE state of that context, as FXSAVE gives it
         self._boot = False
         self._flush_tlb_now()
         _FlushChain.attach(lp, self.flush_tlb)
@@ -260,7 +268,7 @@ class NativeEngine:
         self._tlb_stale = True
 
     def run(self, budget: int | None = None) -> EngineExit:
-        if not self._finalizer.alive:
+        if self._closed:
             raise SgxUsageError("NativeEngine.run: the engine is closed")
         if not self.lp.enclave_mode:
             raise SgxUsageError("NativeEngine.run: the logical processor is not in enclave mode")
@@ -330,7 +338,7 @@ class NativeEngine:
             )
 
     def interrupt(self) -> EngineExit:
-        if not self._finalizer.alive:
+        if self._closed:
             raise SgxUsageError("NativeEngine.interrupt: the engine is closed")
         if not self.lp.enclave_mode:
             raise SgxUsageError(
@@ -346,6 +354,7 @@ class NativeEngine:
         Call it before the processor's EPC is closed: Unicorn maps the EPC buffer directly.
         """
         _FlushChain.detach(self.lp, self.flush_tlb)
+        self._closed = True
         self._finalizer()
 
     # -- start-up ------------------------------------------------------------------------------------
@@ -448,6 +457,7 @@ class NativeEngine:
     def _flush_tlb_now(self) -> None:
         self._tlb_stale = False
         self._granted.clear()
+        self._fills.clear()
         _LIB.uc_ctl(self._hv, _CTL_TLB_FLUSH)
 
     def _entry_flush(self) -> None:
@@ -460,6 +470,14 @@ class NativeEngine:
         are what fresh fills would give, and stay. That amounts to the processor filling these
         translations speculatively at entry, which the architecture permits; the EPCM and page
         tables are consulted at the entry, so a change made before it is always seen.
+
+        The check of a page is shortened when nothing `tlb_fill` reads for it changed since it
+        last ran for that page (`_fills`): `tlb_fill` is a function of the active SECS (its
+        identity, base and size), the page's PTE (`mem.translate`, read again here, which sets
+        the accessed bit as the walk would) and, for an EPC page, the EPCM entry (the same
+        object, with the same SECS, linear address, type, state and permissions). When all are
+        equal, a fill would give the recorded (index, rights) again, and that is what goes into
+        `lp.tlb`. The code-page content check stays as it is.
         """
         self._tlb_stale = False
         granted = self._granted
@@ -469,15 +487,41 @@ class NativeEngine:
     def _revalidate(self) -> bool:
         lp, cpu, mem = self.lp, self.cpu, self.mem
         tlb = lp.tlb
+        epcm_get = cpu.epcm.get
+        translate = mem.translate
+        fills = self._fills
+        secs = lp.secs
+        assert secs is not None
+        if self._fills_secs != (secs, secs.baseaddr, secs.size):
+            fills.clear()
+            self._fills_secs = (secs, secs.baseaddr, secs.size)
         for vpn, (pa, perms) in self._granted.items():
             acc = EXECUTE if perms & EXECUTE else WRITE if perms & WRITE else READ
             hit = tlb.get(vpn)
+            known = 0
             if hit is None or not hit[1] & acc:
-                try:
-                    tlb_fill(cpu, lp, mem, vpn << PAGE_SHIFT, acc)
-                except SgxFault:
-                    return False
-                hit = tlb[vpn]
+                lin = vpn << PAGE_SHIFT
+                last = fills.get(vpn)
+                if (
+                    last is not None
+                    and translate(lin) == last[0]
+                    and (
+                        (e := last[1]) is None
+                        or (
+                            epcm_get(last[3][0]) is e
+                            and (e.secs, e.linaddr, e.pt, e.state, e.perms) == last[2]
+                        )
+                    )
+                ):
+                    hit = tlb[vpn] = last[3]
+                    known = last[0]  # the PTE just read (nonzero: it was present)
+                else:
+                    try:
+                        tlb_fill(cpu, lp, mem, lin, acc)
+                    except SgxFault:
+                        return False
+                    hit = tlb[vpn]
+                    self._record_fill(vpn, hit)
             index, rights = hit
             if perms & ~rights:
                 return False
@@ -489,9 +533,17 @@ class NativeEngine:
                     off = index << PAGE_SHIFT
                     if cached is None or cached[1] != cpu.epc.buffer[off : off + PAGE_SIZE]:
                         return False
-            elif mem.translate(vpn << PAGE_SHIFT) & PTE_ADDR_MASK != pa:
+            elif (known or translate(vpn << PAGE_SHIFT)) & PTE_ADDR_MASK != pa:
                 return False
         return True
+
+    def _record_fill(self, vpn: int, hit: tuple[int, int]) -> None:
+        """What a tlb_fill of `vpn` that gave `hit` read: its PTE (reading it again changes
+        nothing: the walk set its A bit) and, for an EPC page, the EPCM entry and its fields."""
+        index = hit[0]
+        e = self.cpu.epcm.get(index) if index >= 0 else None
+        fields = () if e is None else (e.secs, e.linaddr, e.pt, e.state, e.perms)
+        self._fills[vpn] = (self.mem.translate(vpn << PAGE_SHIFT), e, fields, hit)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _on_fill(self, _uc: Any, va: int, access: int, entry: int, _ud: Any) -> bool:
@@ -541,7 +593,7 @@ class NativeEngine:
             self._granted[vpn] = (pa, perms)
             return True
         except SgxFault as fault:
-            self._fault = fault
+            self._fault = _event(fault)
             self._fault_access = _ACCESS.get(access, READ)
             return False
         except BaseException as exc:  # a bug: surface it from run()
@@ -556,7 +608,7 @@ class NativeEngine:
             regs = self._regs
             regs.forget()
             regs.load_all()  # one batch: the leaf reads several registers
-            rip = regs[_RIP]
+            rip = regs.values[_RIP]
             code = self._code_bytes(rip, MAX_INSN)
             i = 0
             while code[:3] != _ENCLU and (
@@ -579,7 +631,7 @@ class NativeEngine:
                 self.cpu.enclu(self.lp, regs, self.mem)
             except SgxFault as fault:
                 regs.discard()
-                self._fault = fault
+                self._fault = _event(fault)
                 self._fault_exact = True
                 return False
             if not self.lp.enclave_mode:
@@ -834,15 +886,17 @@ class NativeEngine:
         regs = self._regs
         regs.load_all()
         if rip is not None:
-            regs[Reg.RIP] = rip
-        legacy = self._raw.fxsave()
+            regs[_RIP] = rip
+        legacy = regs.xsave()
         # Reset QEMU's exception bookkeeping (old_exception) by restoring the start-up CPU
-        # state, then write every register back: Unicorn never delivered the exception.
+        # state, then write every register back: Unicorn never delivered the exception. The
+        # x87/SSE registers now hold the start-up state; the architectural one is still
+        # `legacy` (the view writes it before code runs again, unless an xrstor replaces it).
         _check(_LIB.uc_context_restore(self._hv, self._ctx), "context restore")
         regs.set_all_dirty()
-        regs.override_xsave(legacy)
+        regs.reset_fx(self._ctx_fx, legacy)
         aex(self.cpu, self.lp, regs, fault)
-        return EngineExit(ExitKind.AEX, fault, retired)
+        return EngineExit(_AEX, fault, retired)
 
 
 class _Mmr(ctypes.Structure):
@@ -852,6 +906,16 @@ class _Mmr(ctypes.Structure):
         ("limit", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
     ]
+
+
+def _event(fault: SgxFault) -> SgxFault:
+    """A fault raised by the processor model, kept as the event to deliver.
+
+    It is an architectural event, not an error: its traceback goes. Kept, the traceback's
+    frames (and the callers' frames they link to) would hold the EngineExit that carries the
+    fault: a reference cycle per fault, left to the cyclic garbage collector.
+    """
+    return fault.with_traceback(None)
 
 
 def _strerror(status: int) -> str:

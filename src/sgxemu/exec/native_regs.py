@@ -2,18 +2,21 @@
 
 The binding's `reg_read` costs about 2 µs; a raw `uc_reg_read` through ctypes about 0.5 µs and a
 batch of 20 registers about the same as two single reads (unicorn-engine-notes.md §1). The view
-the processor model gets (`UcRegisterView`) is lazy: a leaf reads only the registers it needs,
-writes stay in a Python cache and reach Unicorn in one batch just before emulation resumes.
+the processor model gets (`UcRegisterView`) is lazy: nothing is read until a register is needed,
+then all 20 in one batch; writes stay in a Python list and reach Unicorn in one batch just
+before emulation resumes.
 
 x87/SSE state is exchanged in the 512-byte FXSAVE/XSAVE legacy layout (SDM Vol. 1 Table 10-2)
-built from Unicorn's FPU and XMM registers; tests check it byte for byte against an FXSAVE64
-executed inside Unicorn.
+built from Unicorn's FPU and XMM registers with `struct` (per-register Python conversion cost
+10-13 µs each way); tests check it byte for byte against an FXSAVE64 executed inside Unicorn.
+The view loads and saves it lazily too (see `UcRegisterView`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from unicorn import x86_const as ux
@@ -38,7 +41,7 @@ assert len(Reg) == NREGS
 # FXSAVE legacy area offsets (SDM Vol. 1 Table 10-2, 64-bit format).
 _FX_HEAD = struct.Struct("<HHBxHQQII")  # FCW FSW FTW(abridged) FOP FIP FDP MXCSR MXCSR_MASK
 _FX_ST = 32
-_FX_XMM = 160
+_FX_END = 416  # end of XMM15; the rest of the 512 bytes is reserved
 MXCSR_MASK = 0xFFFF  # what FXSAVE reports on processors with DAZ (and what hw.regs uses)
 
 # x87/SSE registers exchanged by xsave()/xrstor(): (id, size in bytes).
@@ -54,10 +57,24 @@ _FPU_REGS: tuple[tuple[int, int], ...] = (
     *((ux.UC_X86_REG_XMM0 + i, 16) for i in range(16)),
 )
 _NFPU = len(_FPU_REGS)
+# The batch buffer: one 16-byte slot per register of _FPU_REGS (the 7 control registers, then
+# ST0-ST7 at _UC_ST, XMM0-XMM15 at _UC_XMM).
+_UC_HEAD = struct.Struct("<H14xH14xH14xH14xQ8xQ8xI12x")  # FCW FSW FTW(full) FOP FIP FDP MXCSR
+_UC_ST = _UC_HEAD.size
+_UC_XMM = _UC_ST + 8 * 16
+_UC_END = 16 * _NFPU
+_FX_TAIL = bytes(512 - _FX_END)  # FXSAVE stores 0 in the reserved bytes 416-511
+# Abridged tag bits of four full tags (one byte of FPTAG): set when the tag is not empty (11b).
+_ABRIDGE = bytes(sum(1 << i for i in range(4) if (b >> (2 * i)) & 3 != 3) for b in range(256))
+# Full tag word of an abridged tag: empty (11b) or valid (00b); Unicorn keeps only empty or not.
+_EXPAND = tuple(sum(3 << (2 * i) for i in range(8) if not b >> i & 1) for b in range(256))
+_ST_MASK = sum(((1 << 80) - 1) << (128 * i) for i in range(8))  # the 10 bytes of each ST slot
 
 
-# The same library without ctypes prototypes: calls skip argument conversion (3x faster).
-_LIB = ctypes.CDLL(uclib._name)
+# The same library without ctypes prototypes: calls skip argument conversion (3x faster). And
+# they keep the GIL: these calls are short, and releasing and taking it back costs more than
+# them (uc_emu_start goes through the binding, which releases it while code runs).
+_LIB = ctypes.PyDLL(uclib._name)
 _REGS64 = struct.Struct(f"<{NREGS}Q")
 
 
@@ -77,8 +94,10 @@ class RawRegs:
         self._all_ids = (ctypes.c_int * NREGS)(*UC_REG_IDS)
         base = ctypes.addressof(self._vals)
         self._all_ptrs = (ctypes.c_void_p * NREGS)(*(base + 8 * i for i in range(NREGS)))
-        # x87/SSE: one 16-byte slot per register.
+        # x87/SSE: one 16-byte slot per register; the last batch read and its FXSAVE image.
         self._fpu = ctypes.create_string_buffer(16 * _NFPU)
+        self._last_raw = b""
+        self._last_area = b""
         fbase = ctypes.addressof(self._fpu)
         self._fpu_ids = (ctypes.c_int * _NFPU)(*(rid for rid, _ in _FPU_REGS))
         self._fpu_ptrs = (ctypes.c_void_p * _NFPU)(*(fbase + 16 * i for i in range(_NFPU)))
@@ -107,138 +126,170 @@ class RawRegs:
         """The x87/SSE state in the 512-byte FXSAVE64 layout."""
         self._read_batch(self.handle, self._fpu_ids, self._fpu_ptrs, _NFPU)
         raw = self._fpu.raw
-        fcw, fsw, ftw_full, fop = (
-            int.from_bytes(raw[16 * i : 16 * i + 2], "little") for i in range(4)
-        )
-        fip = int.from_bytes(raw[64:72], "little")
-        fdp = int.from_bytes(raw[80:88], "little")
-        mxcsr = int.from_bytes(raw[96:100], "little")
-        # Abridged tag: bit i set when physical register i is not empty (tag != 11b).
-        ftw = 0
-        for i in range(8):
-            if (ftw_full >> (2 * i)) & 3 != 3:
-                ftw |= 1 << i
-        area = bytearray(512)
-        _FX_HEAD.pack_into(area, 0, fcw, fsw, ftw, fop & 0x7FF, fip, fdp, mxcsr, MXCSR_MASK)
-        for i in range(8):  # ST(i), top-relative, as FXSAVE stores them
-            s = 16 * (7 + i)
-            area[_FX_ST + 16 * i : _FX_ST + 16 * i + 10] = raw[s : s + 10]
-        for i in range(16):
-            s = 16 * (15 + i)
-            area[_FX_XMM + 16 * i : _FX_XMM + 16 * i + 16] = raw[s : s + 16]
-        return bytes(area)
+        if raw == self._last_raw:
+            return self._last_area  # the same registers read as last time: the same image
+        area = self._last_area = self._fxsave_area(raw)
+        self._last_raw = raw
+        return area
+
+    @staticmethod
+    def _fxsave_area(raw: bytes) -> bytes:
+        fcw, fsw, tag, fop, fip, fdp, mxcsr = _UC_HEAD.unpack_from(raw)
+        ftw = _ABRIDGE[tag & 0xFF] | _ABRIDGE[tag >> 8] << 4
+        # ST(i) in 16-byte slots, top-relative as FXSAVE stores them; bytes 10-15 read as 0.
+        st = (int.from_bytes(raw[_UC_ST:_UC_XMM], "little") & _ST_MASK).to_bytes(128, "little")
+        head = _FX_HEAD.pack(fcw, fsw, ftw, fop & 0x7FF, fip, fdp, mxcsr, MXCSR_MASK)
+        return head + st + raw[_UC_XMM:_UC_END] + _FX_TAIL
 
     def fxrstor(self, area: bytes) -> None:
         """Load x87/SSE state from a 512-byte FXSAVE64 layout."""
-        fcw, fsw, ftw, fop, fip, fdp, mxcsr, _ = _FX_HEAD.unpack_from(area, 0)
-        ftw_full = 0
-        for i in range(8):
-            if not ftw >> i & 1:
-                ftw_full |= 3 << (2 * i)  # empty; Unicorn keeps only empty / not empty
-        buf = bytearray(16 * _NFPU)
-        for k, v in enumerate((fcw, fsw, ftw_full, fop)):
-            buf[16 * k : 16 * k + 2] = v.to_bytes(2, "little")
-        buf[64:72] = fip.to_bytes(8, "little")
-        buf[80:88] = fdp.to_bytes(8, "little")
-        buf[96:100] = mxcsr.to_bytes(4, "little")
-        for i in range(8):
-            buf[16 * (7 + i) : 16 * (7 + i) + 10] = area[_FX_ST + 16 * i : _FX_ST + 16 * i + 10]
-        for i in range(16):
-            buf[16 * (15 + i) : 16 * (15 + i) + 16] = area[_FX_XMM + 16 * i : _FX_XMM + 16 * i + 16]
-        ctypes.memmove(self._fpu, bytes(buf), len(buf))
+        fcw, fsw, ftw, fop, fip, fdp, mxcsr, _ = _FX_HEAD.unpack_from(area)
+        # The ST and XMM slots of the batch are the area's own ST/XMM fields, in order
+        # (Unicorn reads 10 bytes of each ST slot).
+        buf = _UC_HEAD.pack(fcw, fsw, _EXPAND[ftw], fop, fip, fdp, mxcsr) + area[_FX_ST:_FX_END]
+        ctypes.memmove(self._fpu, buf, _UC_END)
         self._write_batch(self.handle, self._fpu_ids, self._fpu_ptrs, _NFPU)
 
 
 class UcRegisterView:
     """The `RegisterFile` the processor model sees: a write-back cache over Unicorn's registers.
 
-    `valid[i]`: `values[i]` holds the current value; `dirty[i]`: it still has to reach Unicorn
-    (`_pending` lists the dirty registers in the order they were first written). A read of a
-    register not cached loads every register in one batch: a batch costs about two single
-    reads, and a leaf reads several (EENTER reads eight). The engine calls `sync()` before
-    Unicorn runs and `forget()` after it ran.
+    `values` holds every register once `loaded`: the first access after Unicorn ran reads all
+    of them in one batch (a batch costs about two single reads, and every leaf reads several).
+    `dirty`: some register was written since, and Unicorn does not have it yet; `sync()`
+    writes the whole file in one batch before Unicorn runs again, `forget()` marks the values
+    stale after it ran.
+
+    The x87/SSE state is lazy too (`xsave`/`xrstor` exchange the 512-byte legacy area):
+
+    * `_fx_known`: what an FXSAVE of Unicorn's current x87/SSE registers gives (None: not
+      known). It is set by a read (`xsave`), by a load of an area known to be such an image,
+      and by `reset_fx`; dropped whenever Unicorn runs (`forget`).
+    * `_fx_pending`: the architectural state when Unicorn does not hold it yet (an `xrstor`
+      not yet written); `sync()` writes it before code runs. `_fx_exact`: the pending area is
+      itself an FXSAVE image (what `xsave` must report after loading it), so `xsave` can
+      return it as is; otherwise `xsave` loads it into Unicorn and reads it back, which is
+      what hardware reports after an XRSTOR of it (reserved fields, MXCSR_MASK, FOP bits).
+
+    Loading an area equal to `_fx_known` writes nothing: Unicorn holds exactly that state
+    (an FXSAVE image read back from Unicorn loads as the same registers). An AEX → ERESUME
+    round trip therefore reads the x87/SSE registers once and writes them at most once.
     """
 
-    __slots__ = ("raw", "values", "valid", "dirty", "_pending", "_fx_override")
+    __slots__ = ("raw", "values", "loaded", "dirty", "_fx_known", "_fx_pending", "_fx_exact")
 
     def __init__(self, raw: RawRegs) -> None:
         self.raw = raw
         self.values = [0] * NREGS
-        self.valid = [False] * NREGS
-        self.dirty = [False] * NREGS
-        self._pending: list[int] = []
-        self._fx_override: bytes | None = None
+        self.loaded = False
+        self.dirty = False
+        self._fx_known: bytes | None = None
+        self._fx_pending: bytes | None = None
+        self._fx_exact = False
+
+    @property
+    def valid(self) -> list[bool]:
+        """Which registers `values` holds: all of them, or none."""
+        return [self.loaded] * NREGS
 
     def __getitem__(self, reg: Reg) -> int:
-        if self.valid[reg]:
-            return self.values[reg]
-        self.load_all()
+        if not self.loaded:
+            self.load_all()
         return self.values[reg]
 
     def __setitem__(self, reg: Reg, value: int) -> None:
+        if not self.loaded:
+            self.load_all()
         self.values[reg] = value & MASK64
-        self.valid[reg] = True
-        if not self.dirty[reg]:
-            self.dirty[reg] = True
-            self._pending.append(reg)
+        self.dirty = True
 
+    # -- RegisterFile: every register at once -----------------------------------------------
+    def get_all(self) -> list[int]:
+        if not self.loaded:
+            self.load_all()
+        return self.values[:]
+
+    def set_all(self, values: Sequence[int]) -> None:
+        # Not masked: callers pass 64-bit fields, and a value out of range would make
+        # `sync` fail (struct.error), never reach Unicorn truncated.
+        assert len(values) == NREGS
+        self.values = list(values)
+        self.loaded = True
+        self.dirty = True
+
+    # -- engine side ------------------------------------------------------------------------
     def load_all(self) -> None:
-        """Make every register valid with one batch read (dirty values win)."""
-        fresh = list(self.raw.read_all())
-        values = self.values
-        for i in self._pending:
-            fresh[i] = values[i]
-        self.values = fresh
-        self.valid = [True] * NREGS
+        """Make every register valid with one batch read."""
+        if not self.loaded:
+            self.values = list(self.raw.read_all())
+            self.loaded = True
 
     def set_all_dirty(self) -> None:
-        """Every (valid) register must be written back: Unicorn's CPU state was replaced."""
-        assert all(self.valid), "load_all() first"
-        self.dirty = [True] * NREGS
-        self._pending = list(range(NREGS))
+        """Every register must be written back: Unicorn's CPU state was replaced."""
+        assert self.loaded, "load_all() first"
+        self.dirty = True
 
     def sync(self) -> None:
-        """Write the dirty registers to Unicorn (a whole-file batch beats a partial one)."""
-        pending = self._pending
-        if not pending:
-            return
-        if len(pending) <= 2:
-            for i in sorted(pending):
-                self.raw.write(UC_REG_IDS[i], self.values[i])
-        else:
-            if not all(self.valid):
-                self.load_all()
+        """Write the registers (one batch) and a pending x87/SSE state to Unicorn."""
+        if self._fx_pending is not None:
+            self._fx_flush()
+        if self.dirty:
             self.raw.write_all(self.values)
-        self.dirty = [False] * NREGS
-        self._pending = []
+            self.dirty = False
 
     def forget(self) -> None:
-        """Unicorn ran: cached values are stale (there are no dirty ones at this point)."""
-        self.valid = list(self.dirty)
-        self._fx_override = None
+        """Unicorn ran: cached values are stale (every run starts with a `sync`)."""
+        assert not self.dirty and self._fx_pending is None, "sync() before Unicorn runs"
+        self.loaded = False
+        self._fx_known = None
 
     def discard(self) -> None:
-        """Drop pending writes (a faulting instruction has no architectural effect)."""
-        self.dirty = [False] * NREGS
-        self._pending = []
-        self.valid = [False] * NREGS
+        """Drop register writes not synced (a faulting instruction has no architectural effect).
 
-    def override_xsave(self, area: bytes) -> None:
-        """Report `area` from xsave() until the next xrstor() (state saved before a reset)."""
-        self._fx_override = area
+        Only ENCLU leaves run inside a run, and none of them loads x87/SSE state: the x87/SSE
+        state is left as it is.
+        """
+        self.dirty = False
+        self.loaded = False
+
+    def reset_fx(self, held: bytes, state: bytes) -> None:
+        """Unicorn's x87/SSE registers were replaced (a context restore) by the FXSAVE image
+        `held`, while the architectural state is still the FXSAVE image `state`."""
+        self._fx_known = held
+        if state == held:
+            self._fx_pending = None
+        else:
+            self._fx_pending = state
+            self._fx_exact = True
+
+    def _fx_flush(self) -> None:
+        pending = self._fx_pending
+        assert pending is not None
+        self.raw.fxrstor(pending)
+        self._fx_known = pending if self._fx_exact else None
+        self._fx_pending = None
 
     # -- RegisterFile: x87/SSE in the XSAVE legacy layout ------------------------------------
     def xsave(self) -> bytes:
-        if self._fx_override is not None:
-            return self._fx_override
-        return self.raw.fxsave()
+        if self._fx_pending is not None:
+            if self._fx_exact:
+                return self._fx_pending
+            self._fx_flush()
+        known = self._fx_known
+        if known is None:
+            known = self._fx_known = self.raw.fxsave()
+        return known
 
     def xrstor(self, legacy: bytes) -> None:
-        self._fx_override = None
-        self.raw.fxrstor(bytes(legacy[:512]))
+        area = bytes(legacy[:512])
+        if area == self._fx_known:
+            self._fx_pending = None  # Unicorn holds exactly this state already
+        elif area != self._fx_pending:
+            self._fx_pending = area
+            self._fx_exact = False
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{r.name.lower()}={self.values[r]:#x}" for r in Reg if self.valid[r] and self.values[r]
+            f"{r.name.lower()}={self.values[r]:#x}" for r in Reg if self.loaded and self.values[r]
         )
         return f"UcRegisterView({shown})"

@@ -1,5 +1,9 @@
 """Entering and leaving enclave mode: the checks EENTER and ERESUME share, and the bookkeeping
 every entry and exit (EENTER, ERESUME, EEXIT, AEX) does (SDM EENTER/ERESUME, 42.12).
+
+These functions work on `values`, every register in `Reg` order as `RegisterFile.get_all`
+returns them; the leaf writes the list back with `set_all` when it is done (one batch each way
+instead of a call per register).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..arch.constants import (
 from .epcm import UNUSABLE
 from .faults import GeneralProtection
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
-from .regs import TF, Reg, RegisterFile
+from .regs import TF, Reg
 
 if TYPE_CHECKING:
     from .lp import LogicalProcessor
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 TCS_FIELDS = struct.Struct("<QQQIIQQQQII")  # STATE .. GSLIMIT (SDM Table 38-10)
 U64 = struct.Struct("<Q")
 _URSP_URBP = struct.Struct("<QQ")  # GPRSGX.URSP and GPRSGX.URBP, adjacent
+_FS_GS = _URSP_URBP  # GPRSGX.FSBASE and GPRSGX.GSBASE, adjacent too
 # Plain ints for the entry/exit hot path (IntFlag arithmetic costs a Python call each).
 _DBGOPTIN = int(TcsFlags.DBGOPTIN)
 _TCS_AEXNOTIFY = int(TcsFlags.AEXNOTIFY)
@@ -43,6 +48,7 @@ _INACTIVE_BYTES = U64.pack(TcsState.INACTIVE)
 _PT_TCS = PageType.PT_TCS
 _PT_REG = PageType.PT_REG
 _OFFSET_MASK = PAGE_SIZE - 1
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF  # register writes wrap (RegisterFile.__setitem__ does)
 # Module-level copies of the registers (an enum class attribute lookup costs a dict miss).
 _RAX = Reg.RAX
 _RCX = Reg.RCX
@@ -96,19 +102,17 @@ def read_tcs(cpu: Processor, index: int) -> Tcs:
     return _tuple_new(Tcs, TCS_FIELDS.unpack_from(cpu.epc.buffer, index << PAGE_SHIFT))
 
 
-def check_entry(
-    cpu: Processor, regs: RegisterFile, mem: AddressSpace, resume: bool
-) -> Entry:
+def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
     """The EENTER/ERESUME checks in SDM order; ERESUME uses frame CSSA-1.
 
     A hot path (every entry): the alignment checks, `secs.init`, `secs.mode64bit` and the
     canonical-address tests (bits 63:47 all zeros or all ones) are inlined.
     """
-    tcs_lin = regs[_RBX]
+    tcs_lin = values[_RBX]
     if tcs_lin & _OFFSET_MASK:
         raise GeneralProtection()
     tcs_index = epc_page(cpu, mem, tcs_lin, False, True)
-    top = regs[_RCX] >> 47
+    top = values[_RCX] >> 47
     if top and top != CANONICAL_HIGH:  # AEP not canonical
         raise GeneralProtection()
     e = cpu.epcm.get(tcs_index)
@@ -144,7 +148,7 @@ def check_entry(
         # AEX-Notify: TCS.FLAGS.AEXNOTIFY and bit 0 of the frame's GPRSGX.AEXNOTIFY byte make
         # ERESUME an entry into frame CSSA, which must exist and pass the same page checks.
         notify = bool(flags & _TCS_AEXNOTIFY) and bool(
-            cpu.epc.read(gpr_index, gpr + GPRSGX_AEXNOTIFY, 1)[0] & 1
+            cpu.epc.buffer[(gpr_index << PAGE_SHIFT) + gpr + GPRSGX_AEXNOTIFY] & 1
         )
         if notify:
             if cssa >= nssa:
@@ -153,10 +157,10 @@ def check_entry(
     base = secs.baseaddr
     if resume and not notify:
         # A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those.
-        gpr = gpr_lin & ~PAGE_MASK
-        target = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_RIP, 8))[0]
-        fsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_FSBASE, 8))[0]
-        gsbase = U64.unpack(cpu.epc.read(gpr_index, gpr + GPRSGX_GSBASE, 8))[0]
+        gpr = (gpr_index << PAGE_SHIFT) + (gpr_lin & ~PAGE_MASK)
+        buf = cpu.epc.buffer
+        target = U64.unpack_from(buf, gpr + GPRSGX_RIP)[0]
+        fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_FSBASE)
     else:
         target = base + oentry
         fsbase = base + ofsbase
@@ -215,25 +219,25 @@ def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> i
     return index
 
 
-def enter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry) -> None:
+def enter(cpu: Processor, lp: LogicalProcessor, values: list[int], entry: Entry) -> None:
     """Enclave mode on: the CR_* registers, the TCS busy, FS/GS swapped, the TLB flushed."""
     secs = entry.secs
     tcs_index = entry.tcs_index
     lp.enclave_mode = True
     lp.secs = secs
     lp.tcs_index = tcs_index
-    lp.tcs_lin = regs[_RBX]
-    aep = lp.aep = regs[_RCX]
+    lp.tcs_lin = values[_RBX]
+    aep = lp.aep = values[_RCX]
     lp.ssa_frame_lin = entry.frame_lin
     lp.ssa_xsave_index = entry.xsave_index
     lp.ssa_gpr_index = entry.gpr_index
     lp.ssa_gpr_offset = entry.gpr_offset
-    lp.saved_fsbase = regs[_FSBASE]
-    lp.saved_gsbase = regs[_GSBASE]
-    rflags = regs[_RFLAGS]
+    lp.saved_fsbase = values[_FSBASE]
+    lp.saved_gsbase = values[_GSBASE]
+    rflags = values[_RFLAGS]
     lp.saved_tf = bool(rflags & TF)
     if not entry.tcs.flags & _DBGOPTIN:
-        regs[_RFLAGS] = rflags & ~TF  # opt-out entry suppresses single-stepping
+        values[_RFLAGS] = rflags & ~TF  # opt-out entry suppresses single-stepping
     buf = cpu.epc.buffer
     off = tcs_index << PAGE_SHIFT
     buf[off : off + 8] = _ACTIVE_BYTES  # TCS.STATE
@@ -242,20 +246,20 @@ def enter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry
     lp.flush_tlb()
 
 
-def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
+def leave(cpu: Processor, lp: LogicalProcessor, values: list[int]) -> None:
     """Enclave mode off (EEXIT, AEX): TCS free again, FS/GS back, the TLB flushed."""
     secs = lp.secs
     assert secs is not None
     buf = cpu.epc.buffer
     off = lp.tcs_index << PAGE_SHIFT
     buf[off : off + 8] = _INACTIVE_BYTES  # TCS.STATE
-    regs[_FSBASE] = lp.saved_fsbase
-    regs[_GSBASE] = lp.saved_gsbase
+    values[_FSBASE] = lp.saved_fsbase
+    values[_GSBASE] = lp.saved_gsbase
     tcs_flags = U64.unpack_from(buf, off + 8)[0]
     if not tcs_flags & _DBGOPTIN:
         # An opt-out entry saved TF and cleared it: the exit puts the saved value back (SDM EEXIT).
-        flags = regs[_RFLAGS] & ~TF
-        regs[_RFLAGS] = flags | TF if lp.saved_tf else flags
+        flags = values[_RFLAGS] & ~TF
+        values[_RFLAGS] = flags | TF if lp.saved_tf else flags
     secs.inside.pop(lp.index, None)
     lp.enclave_mode = False
     lp.secs = None
@@ -263,15 +267,17 @@ def leave(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile) -> None:
     lp.flush_tlb()
 
 
-def enter_at_oentry(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, entry: Entry) -> None:
+def enter_at_oentry(
+    cpu: Processor, lp: LogicalProcessor, values: list[int], entry: Entry
+) -> None:
     """EENTER's effects (also ERESUME's AEX-Notify path): save URSP/URBP, jump to OENTRY."""
-    enter(cpu, lp, regs, entry)
+    enter(cpu, lp, values, entry)
     base = entry.secs.baseaddr
     tcs = entry.tcs
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
-    _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_URSP, regs[_RSP], regs[_RBP])
-    regs[_RCX] = regs[_RIP] + 3  # the instruction after ENCLU
-    regs[_RAX] = tcs.cssa
-    regs[_RIP] = base + tcs.oentry
-    regs[_FSBASE] = base + tcs.ofsbase
-    regs[_GSBASE] = base + tcs.ogsbase
+    _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_URSP, values[_RSP], values[_RBP])
+    values[_RCX] = (values[_RIP] + 3) & _MASK64  # the instruction after ENCLU
+    values[_RAX] = tcs.cssa
+    values[_RIP] = base + tcs.oentry  # (check_entry found these three canonical: < 2^64)
+    values[_FSBASE] = base + tcs.ofsbase
+    values[_GSBASE] = base + tcs.ogsbase

@@ -7,6 +7,7 @@ the native engine read only the registers a leaf touches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Protocol
 
@@ -64,6 +65,14 @@ class RegisterFile(Protocol):
 
     def __setitem__(self, reg: Reg, value: int) -> None: ...
 
+    def get_all(self) -> list[int]:
+        """Every register in `Reg` order (the same as reading each one)."""
+        ...
+
+    def set_all(self, values: Sequence[int]) -> None:
+        """Every register in `Reg` order (the same as writing each one); 64-bit values."""
+        ...
+
     def xsave(self) -> bytes:
         """The x87/SSE state in XSAVE legacy format (512 bytes)."""
         ...
@@ -105,6 +114,13 @@ class Registers:
     def __setitem__(self, reg: Reg, value: int) -> None:
         self.values[reg] = value & 0xFFFF_FFFF_FFFF_FFFF
 
+    def get_all(self) -> list[int]:
+        return self.values[:]
+
+    def set_all(self, values: Sequence[int]) -> None:
+        assert len(values) == len(self.values)
+        self.values[:] = values
+
     def xsave(self) -> bytes:
         return bytes(self.extended)
 
@@ -122,10 +138,14 @@ class Registers:
         return f"Registers({shown})"
 
 
+_RAX = Reg.RAX  # (an enum class attribute lookup costs a dict miss)
+_RFLAGS = Reg.RFLAGS
+
+
 def set_result(regs: RegisterFile, code: int, carry: bool = False) -> None:
     """RAX and RFLAGS for a leaf with an error code: ZF (or CF) flags a non-zero code."""
-    flags = regs[Reg.RFLAGS] & ~ARITH_FLAGS
+    flags = regs[_RFLAGS] & ~ARITH_FLAGS
     if code:
         flags |= CF if carry else ZF
-    regs[Reg.RFLAGS] = flags
-    regs[Reg.RAX] = code
+    regs[_RFLAGS] = flags
+    regs[_RAX] = code

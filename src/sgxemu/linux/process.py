@@ -46,7 +46,6 @@ from .vma import (
 if TYPE_CHECKING:
     from ..exec.engine import Engine
     from .machine import Machine
-    from .vdso import EnclaveCall
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -292,8 +291,6 @@ class Thread:
         run: uapi.sgx_enclave_run,
     ) -> EnclaveCall:
         """Begin __vdso_sgx_enter_enclave without waiting (the machine runs it in slices)."""
-        from .vdso import EnclaveCall
-
         if self.call is not None and not self.call.busy:
             raise RuntimeError(f"{self} is already in a vDSO call")
         call = EnclaveCall(self, rdi, rsi, rdx, function, r8, r9, run)
@@ -589,3 +586,7 @@ class Process:
         self.mm.mem.close()
         m.processes.pop(self.pid, None)
         m.kernel_exit(None)
+
+
+# Last: vdso.py imports this module's VDSO_ENCLU (the package imports this module first).
+from .vdso import EnclaveCall  # noqa: E402

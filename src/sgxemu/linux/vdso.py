@@ -33,6 +33,13 @@ EENTER = int(EncluLeaf.EENTER)
 ERESUME = int(EncluLeaf.ERESUME)
 EEXIT = int(EncluLeaf.EEXIT)
 _RESERVED = slice(40, 256)
+_NO_RESERVED = bytes(256 - 40)  # run.reserved must be all zero
+_SLICE, _AEX, _EEXIT_EXIT = ExitKind.SLICE, ExitKind.AEX, ExitKind.EEXIT
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+_RAX, _RCX, _RDX, _RBX, _RSP, _RBP, _RSI, _RDI, _R8, _R9, _RIP = (
+    Reg.RAX, Reg.RCX, Reg.RDX, Reg.RBX, Reg.RSP, Reg.RBP, Reg.RSI, Reg.RDI, Reg.R8, Reg.R9,
+    Reg.RIP,
+)  # fmt: skip
 _NOT_FIXED_UP = (int(Vector.DB), int(Vector.BP))  # fixup_vdso_exception (extable.c)
 _LIVELOCK = 1000  # identical resolved faults in a row: the model is stuck (a bug, not Linux)
 
@@ -65,14 +72,16 @@ class EnclaveCall:
         self._last_fault: tuple[int, int] | None = None
         self._repeats = 0
         regs = thread.engine.regs
-        regs[Reg.RDI] = rdi
-        regs[Reg.RSI] = rsi
-        regs[Reg.RDX] = rdx
-        regs[Reg.R8] = r8
-        regs[Reg.R9] = r9
+        values = regs.get_all()
+        values[_RDI] = rdi & _MASK64
+        values[_RSI] = rsi & _MASK64
+        values[_RDX] = rdx & _MASK64
+        values[_R8] = r8 & _MASK64
+        values[_R9] = r9 & _MASK64
         # The vDSO frame on the thread's stack: return address, saved RBP and RBX.
-        regs[Reg.RSP] = thread.stack_top - 64
-        regs[Reg.RBP] = thread.stack_top - 48
+        values[_RSP] = (thread.stack_top - 64) & _MASK64
+        values[_RBP] = (thread.stack_top - 48) & _MASK64
+        regs.set_all(values)
 
     @property
     def done(self) -> bool:
@@ -118,14 +127,16 @@ class EnclaveCall:
         if not EENTER <= self.leaf <= ERESUME:
             self._finish(-errno.EINVAL)
             return
-        if any(bytes(self.run)[_RESERVED]):
+        if bytes(self.run)[_RESERVED] != _NO_RESERVED:
             self._finish(-errno.EINVAL)
             return
         regs = self.thread.engine.regs
-        regs[Reg.RAX] = self.leaf
-        regs[Reg.RBX] = self.run.tcs
-        regs[Reg.RCX] = VDSO_ENCLU  # the AEP is the ENCLU itself
-        regs[Reg.RIP] = VDSO_ENCLU
+        values = regs.get_all()
+        values[_RAX] = self.leaf
+        values[_RBX] = self.run.tcs  # (a c_uint64 field)
+        values[_RCX] = VDSO_ENCLU  # the AEP is the ENCLU itself
+        values[_RIP] = VDSO_ENCLU
+        regs.set_all(values)
         self.state = _ENCLU
 
     # .Lenclu_eenter_eresume
@@ -151,11 +162,12 @@ class EnclaveCall:
             ex, self.pending = self.pending, None
         else:
             ex = engine.run(budget)
-        if ex.kind is ExitKind.SLICE:
+        kind = ex.kind
+        if kind is _SLICE:
             return False
-        if ex.kind is ExitKind.AEX:
+        if kind is _AEX:
             self.thread.machine.stats.aexes += 1
-        if ex.kind is ExitKind.EEXIT:
+        if kind is _EEXIT_EXIT:
             # EEXIT lands after the ENCLU ("unless the enclave is doing something fancy").
             self.run.function = EEXIT
             self.state = _EXIT

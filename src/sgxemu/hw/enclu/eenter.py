@@ -17,4 +17,6 @@ if TYPE_CHECKING:
 
 @enclu_leaf(EncluLeaf.EENTER)
 def eenter(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
-    enter_at_oentry(cpu, lp, regs, check_entry(cpu, regs, mem, False))
+    values = regs.get_all()
+    enter_at_oentry(cpu, lp, values, check_entry(cpu, values, mem, False))
+    regs.set_all(values)

@@ -25,11 +25,13 @@ _RIP = Reg.RIP
 
 @enclu_leaf(EncluLeaf.EEXIT)
 def eexit(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
-    target = regs[_RBX]
+    values = regs.get_all()
+    target = values[_RBX]
     top = target >> 47
     if top and top != CANONICAL_HIGH:  # bits 63:47 neither all zeros nor all ones
         raise GeneralProtection()
     aep = lp.aep
-    leave(cpu, lp, regs)
-    regs[_RIP] = target
-    regs[_RCX] = aep  # RAX keeps 4; no other register changes: the runtime scrubs them
+    leave(cpu, lp, values)
+    values[_RIP] = target
+    values[_RCX] = aep  # RAX keeps 4; no other register changes: the runtime scrubs them
+    regs.set_all(values)
