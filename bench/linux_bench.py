@@ -20,8 +20,7 @@ from typing import Any
 from sgxemu import Machine, uapi
 from sgxemu.arch.constants import PAGE_SIZE
 from sgxemu.linux.load import encl_build, sign
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
 from sgxemu.testenclave import build_test_enclave
 from sgxemu.testenclave import protocol as P

@@ -14,7 +14,8 @@ from sgxemu.exec.native import NativeEngine
 from sgxemu.hw.processor import Processor
 from sgxemu.hw.regs import Reg
 from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE, UserMemory
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
+from sgxemu.linux.usermem import UserMemory
 from sgxemu.sign import EnclaveMeasurer, generate_key, mrsigner_of_key, sign_sigstruct
 
 BASE = 0x10_0000_0000

@@ -12,8 +12,8 @@ from sgxemu.cli.main import COMMAND_MODULES, _register_commands, cli
 
 SCRIPT = '''
 from sgxemu import uapi
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
 from sgxemu.trace import begin, test_enclave
 
 

@@ -38,7 +38,8 @@ from sgxemu.hw.faults import PageFault, SgxUsageError
 from sgxemu.hw.processor import Processor
 from sgxemu.hw.regs import Reg, xsave_init_legacy
 from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE, UserMemory
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
+from sgxemu.linux.usermem import UserMemory
 from sgxemu.loader.selftest_layout import PROT_EXEC, EnclaveImage, load_segments
 from sgxemu.sign import EnclaveMeasurer, generate_key, mrsigner_of_key, sign_sigstruct
 from sgxemu.testenclave import build_test_enclave

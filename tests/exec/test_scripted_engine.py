@@ -40,7 +40,8 @@ from sgxemu.hw.faults import PageFault, SgxFault, SgxUsageError
 from sgxemu.hw.processor import Processor
 from sgxemu.hw.regs import Reg
 from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE, UserMemory
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
+from sgxemu.linux.usermem import UserMemory
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
 from sgxemu.sign import EnclaveMeasurer, generate_key, load_key, mrsigner_of_key, sign_sigstruct
 from sgxemu.testenclave import EnclaveBuildError, build_test_enclave

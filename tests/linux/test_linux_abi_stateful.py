@@ -46,16 +46,18 @@ from sgxemu.linux import SIGBUS, SIGSEGV
 from sgxemu.linux import invariants as linux_invariants
 from sgxemu.linux.encl import SgxEncl
 from sgxemu.linux.load import SECS_ATTRIBUTES, secs_page, sign
-from sgxemu.linux.process import (
+from sgxemu.linux.mman import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
     MAP_SHARED,
-    Process,
-    Thread,
+    PROT_EXEC,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
 )
-from sgxemu.linux.usermem import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE
+from sgxemu.linux.process import Process, Thread
 from sgxemu.linux.vdso import EnclaveCall
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
 from sgxemu.sign import generate_key

@@ -21,15 +21,16 @@ from sgxemu.arch.constants import EnclsLeaf, SgxError
 from sgxemu.linux import encls as kencls
 from sgxemu.linux.encl import SgxEncl
 from sgxemu.linux.load import secs_page, sign
-from sgxemu.linux.process import (
+from sgxemu.linux.mman import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_PRIVATE,
     MAP_SHARED,
-    Process,
-    Thread,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
 )
-from sgxemu.linux.usermem import PROT_NONE, PROT_READ, PROT_WRITE
+from sgxemu.linux.process import Process, Thread
 from sgxemu.linux.vma import TASK_SIZE, VM_MAYEXEC
 from sgxemu.loader.selftest_layout import EnclaveImage
 

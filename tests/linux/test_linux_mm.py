@@ -20,15 +20,18 @@ from sgxemu.linux.encl import READ_IMPLIES_EXEC, SgxEncl
 from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.errors import SEGV_ACCERR, SEGV_MAPERR
 from sgxemu.linux.load import LoadedEnclave, encl_build
-from sgxemu.linux.process import (
+from sgxemu.linux.mman import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
     MAP_SHARED,
-    Process,
+    PROT_EXEC,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
 )
-from sgxemu.linux.usermem import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE
+from sgxemu.linux.process import Process
 from sgxemu.loader.selftest_layout import EnclaveImage
 from sgxemu.testenclave import protocol as P
 

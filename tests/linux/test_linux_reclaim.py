@@ -19,9 +19,8 @@ from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.epc import SGX_NR_HIGH_PAGES, SGX_NR_LOW_PAGES
 from sgxemu.linux.errors import KernelError
 from sgxemu.linux.load import LoadedEnclave, encl_build, sign
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
 from sgxemu.linux.reclaim import sgx_reclaim_pages
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
 from sgxemu.testenclave import protocol as P
 

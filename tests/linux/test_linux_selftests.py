@@ -16,8 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu import Machine
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
 from sgxemu.selftests import (
     SCENARIOS,
     SGX1_SKIPS,

@@ -15,8 +15,8 @@ from sgxemu.arch.constants import SgxError
 from sgxemu.linux.encl import SGX_ENCL_PAGE_BEING_RECLAIMED, SgxEncl
 from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.load import LoadedEnclave, encl_build
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED, Process
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
+from sgxemu.linux.process import Process
 from sgxemu.loader.selftest_layout import EnclaveImage
 from sgxemu.testenclave import protocol as P
 

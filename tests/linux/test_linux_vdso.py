@@ -15,8 +15,8 @@ from sgxemu.hw.faults import CpuException
 from sgxemu.linux import SIGSEGV, SIGTRAP
 from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.load import encl_build
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
 from sgxemu.linux.process import VDSO_ENCLU
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
 from sgxemu.loader.selftest_layout import EnclaveImage
 from sgxemu.testenclave import protocol as P
 

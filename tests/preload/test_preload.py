@@ -21,8 +21,16 @@ import pytest
 from hostprog import TIMEOUT, sgxemu_exec, write_uapi_header
 from sgxemu import Machine, uapi
 from sgxemu.linux.load import LoadedEnclave, encl_build
-from sgxemu.linux.process import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, Process
-from sgxemu.linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
+from sgxemu.linux.process import Process
 from sgxemu.loader.selftest_layout import EnclaveImage
 from sgxemu.testenclave import protocol as P
 

@@ -9,8 +9,7 @@ import pytest
 from variants_support import Built
 
 from sgxemu.linux.encl import READ_IMPLIES_EXEC
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
 from sgxemu.testenclave import protocol as P
 
 PAGE = 4096

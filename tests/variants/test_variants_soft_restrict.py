@@ -13,7 +13,7 @@ from sgxemu import uapi
 from sgxemu.arch.constants import EnclsLeaf
 from sgxemu.hw.epcm import PR, W
 from sgxemu.hw.memory import PTE_P
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import PROT_READ, PROT_WRITE
 from sgxemu.testenclave import protocol as P
 
 PAGE = 4096

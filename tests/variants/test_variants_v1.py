@@ -15,8 +15,7 @@ from sgxemu.arch.constants import EnclsLeaf
 from sgxemu.hw.memory import PTE_P, PTE_W
 from sgxemu.linux.enclcall import EnclCaller
 from sgxemu.linux.load import encl_build, sign
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
 from sgxemu.loader.selftest_layout import load_segments
 from sgxemu.testenclave import protocol as P
 from sgxemu.uapi_variants import v1, v2

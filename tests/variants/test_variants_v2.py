@@ -13,8 +13,7 @@ from sgxemu import uapi
 from sgxemu.arch.constants import EnclsLeaf
 from sgxemu.hw.epcm import PR
 from sgxemu.hw.memory import PTE_P
-from sgxemu.linux.process import MAP_FIXED, MAP_SHARED
-from sgxemu.linux.usermem import PROT_READ, PROT_WRITE
+from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
 from sgxemu.testenclave import protocol as P
 from sgxemu.uapi_variants import v2
 

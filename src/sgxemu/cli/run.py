@@ -226,8 +226,7 @@ class Runner:
         if op.name == "mmap":
             off, size = _offset(a[0], op, self.image), _int(a[1], op, "SIZE")
             try:
-                from ..linux.process import MAP_FIXED, MAP_SHARED
-                from ..linux.usermem import PROT_READ, PROT_WRITE
+                from ..linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
 
                 addr = self.proc.mmap(base + off, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.encl.fd, 0)
                 out.update(ret=0, address=addr)

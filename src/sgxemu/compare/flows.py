@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..linux.usermem import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE
+from ..linux.mman import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE
 from ..linux.vma import VM_EXEC, VM_WRITE
 from ..testenclave import protocol as P
 from .runtime import (

@@ -27,7 +27,7 @@ from ..hw.memory import PTE_P, PTE_W, PTE_XD
 from ..linux.enclcall import EnclCaller
 from ..linux.load import encl_build, sign
 from ..linux.machine import Machine
-from ..linux.process import MAP_FIXED, MAP_SHARED
+from ..linux.mman import MAP_FIXED, MAP_SHARED
 from ..loader.selftest_layout import EnclaveImage, load_segments
 from ..sign import generate_key
 from ..testenclave import build_test_enclave

@@ -29,8 +29,8 @@ from ..exec.scripted import ScriptedEngine
 from ..hw.memory import PTE_ADDR_MASK
 from ..linux.load import secs_page
 from ..linux.machine import Machine
-from ..linux.process import MAP_FIXED, MAP_SHARED, Process, Thread
-from ..linux.usermem import PROT_READ, PROT_WRITE
+from ..linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
+from ..linux.process import Process, Thread
 from ..sign import EnclaveMeasurer, sign_sigstruct
 from .adversaries import COPROCESS, HOST
 from .layout import BASE, SIZE, TCS1, TCS2, PageSpec, base_pages, page_name

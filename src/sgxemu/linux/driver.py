@@ -21,16 +21,13 @@ from .encl import (
 from .errors import ENOIOCTLCMD, KernelError
 from .file import OpenFile
 from .ioctl import UserArg
+from .mman import MAP_FIXED, MAP_PRIVATE, MAP_TYPE
 from .vma import VM_DONTDUMP, VM_DONTEXPAND, VM_IO, VM_PFNMAP, Vma
 
 if TYPE_CHECKING:
     from .machine import Machine
     from .process import Thread
 
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_TYPE = 0x0F
-MAP_FIXED = 0x10
 U64 = (1 << 64) - 1
 
 

@@ -16,6 +16,7 @@ from ..hw.memory import PTE_A, PTE_P
 from .encls import encls_failed
 from .epc import SgxEpcPage
 from .errors import KernelError
+from .mman import PROT_READ, PROT_WRITE
 from .vma import VM_ACCESS_FLAGS, Mm, Vma, calc_vm_prot_bits
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ VM_FAULT_NOPAGE = 0x0100
 SGX_SECINFO_R, SGX_SECINFO_W, SGX_SECINFO_X = 0x1, 0x2, 0x4
 SGX_SECINFO_PAGE_TYPE_MASK = 0xFF << 8
 SGX_SECINFO_TCS = int(PageType.PT_TCS) << 8
-PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
 
 
 class SgxVaPage:

@@ -34,7 +34,8 @@ from typing import Any
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P
-from .usermem import PROT_EXEC, PROT_READ, PROT_WRITE, pte_for
+from .mman import PROT_EXEC, PROT_READ, PROT_WRITE
+from .usermem import pte_for
 from .vma import VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_SHARED, Mm, Vma
 
 __all__ = ["HostMappings", "HostMemory", "HostMm", "host_prot"]

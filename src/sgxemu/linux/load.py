@@ -21,8 +21,17 @@ from .. import uapi
 from ..arch.constants import PAGE_SIZE
 from ..loader.selftest_layout import EnclaveImage
 from ..sign import EnclaveMeasurer, sign_sigstruct
-from .process import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, Process
-from .usermem import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE
+from .mman import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_EXEC,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+)
+from .process import Process
 
 SECS_ATTRIBUTES = uapi.SGX_ATTR_MODE64BIT
 SECS_XFRM = 3

@@ -23,7 +23,19 @@ from .encl import READ_IMPLIES_EXEC, SgxEncl, sgx_encl_mm_drop
 from .errors import KernelError, oserror
 from .fault import do_user_addr_fault
 from .file import FMODE_READ, FMODE_WRITE, OpenFile
-from .usermem import PROT_EXEC, PROT_READ, PROT_WRITE, UserMemory
+from .mman import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MAP_SHARED_VALIDATE,
+    MAP_TYPE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
+from .usermem import UserMemory
 from .vma import (
     MMAP_MIN_ADDR,
     TASK_SIZE,
@@ -46,15 +58,6 @@ from .vma import (
 if TYPE_CHECKING:
     from ..exec.engine import Engine
     from .machine import Machine
-
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_SHARED_VALIDATE = 0x03
-MAP_TYPE = 0x0F
-MAP_FIXED = 0x10
-MAP_ANONYMOUS = 0x20
-MAP_FIXED_NOREPLACE = 0x100000
-MAP_FAILED = -1
 
 VDSO_BASE = 0x7FFF_F7FC_0000  # [choice] where every process gets its vDSO page
 VDSO_ENCLU = VDSO_BASE + 0x100  # the ENCLU of __vdso_sgx_enter_enclave (EENTER point and AEP)

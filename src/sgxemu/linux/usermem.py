@@ -17,11 +17,7 @@ import mmap
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..hw.epc import MAP_NORESERVE
 from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
-
-PROT_NONE = 0
-PROT_READ = 1
-PROT_WRITE = 2
-PROT_EXEC = 4
+from .mman import PROT_EXEC, PROT_READ, PROT_WRITE
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
 

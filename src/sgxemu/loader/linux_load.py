@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from sgxemu import uapi
 from sgxemu.arch.constants import PAGE_SIZE
 from sgxemu.arch.structs import Sigstruct
-from sgxemu.linux.process import MAP_ANONYMOUS, MAP_PRIVATE, Process
-from sgxemu.linux.usermem import PROT_NONE
+from sgxemu.linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_NONE
+from sgxemu.linux.process import Process
 from sgxemu.loader.errors import PartialMeasurementError, UnsignedEnclaveError
 from sgxemu.loader.plan import EnclavePlan
 from sgxemu.loader.sdk import SdkEnclave

@@ -40,13 +40,23 @@ from typing import Any, cast
 from .. import uapi
 from ..arch.constants import PAGE_MASK, PAGE_SIZE, Vector
 from ..exec.engine import ExitKind
+from ..hw.epc import MAP_NORESERVE  # the host's flag (its mmap module may lack it)
 from ..hw.faults import PageFault, SgxFault
 from ..hw.regs import Reg
 from ..linux.errors import KernelError, Signal, oserror
 from ..linux.fault import do_user_addr_fault
 from ..linux.hostmem import HostMemory, HostMm
 from ..linux.machine import Machine
-from ..linux.process import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_TYPE, Process, Thread
+from ..linux.mman import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    MAP_TYPE,
+    PROT_NONE,
+    PROT_WRITE,
+)
+from ..linux.process import Process, Thread
 from ..linux.usermem import UserMemory
 from .config import PreloadConfig
 from .stats import STATS_ENV, counters, write_stats
@@ -64,12 +74,6 @@ B_FX = 192
 NGPR = 18
 _GPRS = struct.Struct(f"<{NGPR}Q")
 
-# mmap bits
-_MAP_PRIVATE = 0x02
-_MAP_ANONYMOUS = 0x20
-_MAP_NORESERVE = 0x4000
-_PROT_NONE = 0
-_PROT_WRITE = 2
 
 # si_code values (asm-generic/siginfo.h)
 _SI_KERNEL = 0x80
@@ -381,9 +385,9 @@ class Runtime:
 
     def _host_map(self, addr: int, length: int, flags: int) -> int:
         """A PROT_NONE reservation in the host (the enclave range is never host memory)."""
-        host_flags = _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE
+        host_flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
         host_flags |= flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)
-        got = int(self.api_mmap(addr, length, _PROT_NONE, host_flags, -1, 0))
+        got = int(self.api_mmap(addr, length, PROT_NONE, host_flags, -1, 0))
         if got >= (1 << 64) - 4096:
             raise OSError(-(got - (1 << 64)), "host mmap failed")
         return got
@@ -412,7 +416,7 @@ class Runtime:
                     raise
                 self._host_map(addr, size, MAP_FIXED)
                 return result
-            if not length or offset & ~PAGE_MASK or flags & MAP_TYPE == _MAP_PRIVATE:
+            if not length or offset & ~PAGE_MASK or flags & MAP_TYPE == MAP_PRIVATE:
                 return t.mmap(addr, length, prot, flags, mfd, offset)  # fails as the kernel does
             got = self._host_map(addr, size, 0)
             try:
@@ -438,7 +442,7 @@ class Runtime:
         if not file.f_mode & FMODE_READ:
             return False
         shared = flags & MAP_TYPE in (0x01, 0x03)
-        return not (shared and prot & _PROT_WRITE and not file.f_mode & FMODE_WRITE)
+        return not (shared and prot & PROT_WRITE and not file.f_mode & FMODE_WRITE)
 
     def munmap(self, addr: int, length: int) -> int:
         def body() -> int:

@@ -18,15 +18,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import uapi
 from ..linux.load import LoadedEnclave, encl_build
-from ..linux.process import MAP_FIXED, MAP_SHARED, Process
-from ..linux.usermem import PROT_READ, PROT_WRITE
+from ..linux.mman import MAP_FAILED, MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
+from ..linux.process import Process
 from ..loader.selftest_layout import EnclaveFormatError, EnclaveImage, Segment
 
 if TYPE_CHECKING:
     from ..linux.machine import Machine
 
 PAGE_SIZE = 4096
-MAP_FAILED = -1
 EENTER, EEXIT, ERESUME = uapi.EENTER, uapi.EEXIT, uapi.ERESUME
 
 

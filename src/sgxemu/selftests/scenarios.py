@@ -10,10 +10,9 @@ import errno
 from collections.abc import Callable
 
 from .. import uapi
-from ..linux.process import MAP_FIXED, MAP_SHARED
-from ..linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
+from ..linux.mman import MAP_FAILED, MAP_FIXED, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..testenclave import protocol as P
-from .harness import EEXIT, ERESUME, MAP_FAILED, PAGE_SIZE, Case
+from .harness import EEXIT, ERESUME, PAGE_SIZE, Case
 
 MAGIC = P.MAGIC
 MAGIC2 = P.MAGIC2

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from .. import uapi
 from ..linux.enclcall import EnclCaller
 from ..linux.load import LoadedEnclave, encl_build, sign
-from ..linux.process import MAP_FIXED, MAP_SHARED, Process
-from ..linux.usermem import PROT_EXEC, PROT_READ, PROT_WRITE
+from ..linux.mman import MAP_FIXED, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
+from ..linux.process import Process
 from ..testenclave import protocol as P
 
 if TYPE_CHECKING:
