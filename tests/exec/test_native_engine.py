@@ -1170,3 +1170,47 @@ def test_native_run_requires_enclave_mode(tw: World) -> None:
         eng.run()
     with pytest.raises(SgxUsageError):
         eng.interrupt()
+
+
+def test_native_entry_check_notices_a_new_grant(mini: Mini) -> None:
+    """The per-page entry check skips its rights/frame comparison only for the very grant it
+    last checked (`_fills`): a grant Unicorn replaced since is checked again."""
+    w = mini.w
+    eng = w.engine()
+    vpn = (BASE + M_P) >> 12
+    assert run_mini(mini, eng, "store_p").kind is ExitKind.EEXIT
+    assert run_mini(mini, eng, "store_p").kind is ExitKind.EEXIT  # P checked at this entry
+    held = eng._granted[vpn]
+    assert eng._fills[vpn][4] is held
+    r = eng.regs
+    r[Reg.RAX], r[Reg.RBX], r[Reg.RCX], r[Reg.RIP] = EncluLeaf.EENTER, mini.tcs1, AEP, HOST_RIP
+    r[Reg.RDI], r[Reg.RSI], r[Reg.RSP] = UBUF, T["store_p"], USTACK + 0x3000
+    w.cpu.enclu(eng.lp, r, w.umem)  # inside, before the engine's entry check
+    eng._granted[vpn] = (held[0], held[1])  # the same grant, refilled: checked again, kept
+    assert eng._revalidate() and eng._fills[vpn][4] is eng._granted[vpn]
+    eng._granted[vpn] = (held[0], held[1] | 4)  # executable now: P was never scanned
+    assert not eng._revalidate()
+    eng._granted[vpn] = (held[0] + 0x1000, held[1])  # another frame than the EPCM's
+    assert not eng._revalidate()
+    eng._flush_tlb_now()  # (Unicorn never held these made-up grants)
+    assert eng.run().kind is ExitKind.EEXIT
+
+
+def test_native_aex_after_a_faulting_leaf_reuses_the_hook_registers(
+    tw: World, image: EnclaveImage
+) -> None:
+    """Nothing runs between the ENCLU hook's register read and the AEX of the leaf's fault:
+    the AEX saves those values without a second read, and they are the registers at the ENCLU."""
+    eng = tw.engine()
+    eng.view.load_all()  # (the host side's register writes below read nothing then)
+    reads: list[int] = []
+    raw = eng._raw
+    read_all = raw.read_all
+    raw.read_all = lambda: (reads.append(1), read_all())[1]  # type: ignore[method-assign]
+    hole = BASE + 0xF000
+    ex, _ = op_call(tw, eng, BASE, eaccept_op(hole, secinfo_flags(REG_T, R | W, PENDING)))
+    assert ex.kind is ExitKind.AEX and isinstance(ex.event, PageFault)
+    assert len(reads) == 1  # the hook's
+    g = gprsgx(tw, BASE + image.symbol("encl_ssa_tcs1"))
+    assert tw.epc_read(g["RIP"], 3) == b"\x0f\x01\xd7"
+    assert g["RAX"] == EncluLeaf.EACCEPT and g["RCX"] == hole

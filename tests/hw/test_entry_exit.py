@@ -10,9 +10,10 @@ structure definitions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,6 +420,36 @@ EENTER_ROWS: list[tuple[str, Setup, int, int, Expect]] = [
 
 @pytest.mark.parametrize(("case", "setup", "rbx", "rcx", "expect"), EENTER_ROWS, ids=[r[0] for r in EENTER_ROWS])
 def test_eenter(w: World, case: str, setup: Setup, rbx: int, rcx: int, expect: Expect) -> None:
+    eenter_row(w, setup, rbx, rcx, expect)
+
+
+@pytest.mark.parametrize(("case", "setup", "rbx", "rcx", "expect"), EENTER_ROWS, ids=[r[0] for r in EENTER_ROWS])
+def test_eenter_after_memoized_entries(
+    w: World, case: str, setup: Setup, rbx: int, rcx: int, expect: Expect
+) -> None:
+    """Each row again after entries through every TCS passed (their checks are memoized):
+    the memo must notice whatever the row changes."""
+    warm_entries(w)
+    eenter_row(w, setup, rbx, rcx, expect)
+
+
+def warm_entries(w: World) -> None:
+    """EENTER and EEXIT through each TCS, and an AEX + ERESUME + EEXIT through TCS 0."""
+    for i in range(NTCS):
+        leave_to_host(w, enter(w, tcs=i))
+    after_aex(w, tcs=0)
+    regs = os_regs(0)
+    run_enclu(w, regs)
+    leave_to_host(w, regs)
+    assert {(tcs_at(i), False) for i in range(NTCS)} | {(tcs_at(0), True)} <= set(w.cpu.entry_checks)
+
+
+def leave_to_host(w: World, regs: Registers, lp: int = 0) -> None:
+    regs[Reg.RAX], regs[Reg.RBX] = EncluLeaf.EEXIT, HOST_RIP + 3
+    run_enclu(w, regs, lp)
+
+
+def eenter_row(w: World, setup: Setup, rbx: int, rcx: int, expect: Expect) -> None:
     if setup is not None:
         setup(w)
     regs = host_regs(EncluLeaf.EENTER, rbx, rcx, rflags=HOST_FLAGS | TF)
@@ -752,6 +783,18 @@ ERESUME_ROWS: list[tuple[str, Setup, int, int, Expect]] = [
 
 @pytest.mark.parametrize(("case", "setup", "tcs", "rcx", "expect"), ERESUME_ROWS, ids=[r[0] for r in ERESUME_ROWS])
 def test_eresume(w: World, case: str, setup: Setup, tcs: int, rcx: int, expect: Expect) -> None:
+    eresume_row(w, setup, tcs, rcx, expect)
+
+
+@pytest.mark.parametrize(("case", "setup", "tcs", "rcx", "expect"), ERESUME_ROWS, ids=[r[0] for r in ERESUME_ROWS])
+def test_eresume_after_memoized_entries(
+    w: World, case: str, setup: Setup, tcs: int, rcx: int, expect: Expect
+) -> None:
+    warm_entries(w)
+    eresume_row(w, setup, tcs, rcx, expect)
+
+
+def eresume_row(w: World, setup: Setup, tcs: int, rcx: int, expect: Expect) -> None:
     state = after_aex(w, tcs=0)
     if setup is not None:
         setup(w)
@@ -873,3 +916,127 @@ def test_aexnotify_checks_the_next_frames_pages(wn: World) -> None:
     aex(w.cpu, w.cpu.lp(0), regs, None)
     w.block(ssa_page(0, 1, 1))
     check_fails(w, os_regs(0), Pf(gpr_at(0, 1), PF_SSA))
+
+
+# -- the memoized entry checks (enclave_mode.check_entry) ---------------------------------------------
+
+
+def test_a_repeated_entry_uses_the_memo(w: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgxemu.hw import enclave_mode
+
+    warm_entries(w)
+    full: list[bool] = []
+    check = enclave_mode._check_entry
+    monkeypatch.setattr(
+        enclave_mode, "_check_entry", lambda *a: (full.append(a[3]), check(*a))[1]
+    )
+    regs = enter(w, tcs=0)
+    enclave_state(regs)
+    aex(w.cpu, w.cpu.lp(0), regs, None)
+    run_enclu(w, os_regs(0))
+    assert full == []
+
+
+def _epcm_copy(w: World, lin: int, **fields: Any) -> None:
+    """Replace the EPCM entry of `lin` by a new object, with `fields` changed."""
+    from sgxemu.hw.epcm import EpcmEntry
+
+    index = w.index_of(lin)
+    old = w.cpu.epcm[index]
+    new = EpcmEntry(old.pt, old.secs, old.linaddr, old.perms)
+    new.state, new.epoch = old.state, old.epoch
+    for name, value in fields.items():
+        setattr(new, name, value)
+    w.cpu.epcm[index] = new
+
+
+MEMO_ROWS: list[tuple[str, Callable[[World], Any], Expect]] = [
+    # What no EENTER row changes: direct EPCM writes, replaced entries, the SECS fields.
+    ("tcs-entry-same-fields", lambda w: _epcm_copy(w, tcs_at(0)), OK),
+    ("tcs-entry-replaced-as-reg", lambda w: _epcm_copy(w, tcs_at(0), pt=REG), Pf(tcs_at(0), PF_TCS)),
+    ("tcs-linaddr", lambda w: setattr(w.cpu.epcm[w.index_of(tcs_at(0))], "linaddr", tcs_at(1)), Pf(tcs_at(0), PF_TCS)),
+    ("tcs-state", lambda w: setattr(w.cpu.epcm[w.index_of(tcs_at(0))], "state", 1), Pf(tcs_at(0), PF_TCS)),
+    ("tcs-secs", lambda w: setattr(w.cpu.epcm[w.index_of(tcs_at(0))], "secs", w.secs_of(w.other)), GP),
+    ("tcs-pte-other-tcs", lambda w: w.map_raw(tcs_at(0), w.encl.pages[tcs_at(1)]), Pf(tcs_at(0), PF_TCS)),
+    ("tcs-aep-bytes", lambda w: w.poke_tcs(0, aep=0x1234), OK),
+    ("ssa-entry-same-fields", lambda w: _epcm_copy(w, S0), OK),
+    ("ssa-entry-replaced-read-only", lambda w: _epcm_copy(w, S0, perms=R), Pf(S0, PF_SSA)),
+    ("ssa-perms", lambda w: setattr(w.cpu.epcm[w.index_of(S0)], "perms", R), Pf(S0, PF_SSA)),
+    ("ssa-linaddr", lambda w: setattr(w.cpu.epcm[w.index_of(S0)], "linaddr", S1), Pf(S0, PF_SSA)),
+    ("ssa-pt", lambda w: setattr(w.cpu.epcm[w.index_of(S0)], "pt", TRIM), Pf(S0, PF_SSA)),
+    ("ssa-secs", lambda w: setattr(w.cpu.epcm[w.index_of(S0)], "secs", w.secs_of(w.other)), Pf(S0, PF_SSA)),
+    ("gpr-perms", lambda w: setattr(w.cpu.epcm[w.index_of(S1)], "perms", R), Pf(G0, PF_SSA)),
+    ("gpr-entry-replaced", lambda w: _epcm_copy(w, S1, perms=R | X), Pf(G0, PF_SSA)),
+    ("gpr-pte", lambda w: w.map_raw(S1, w.encl.pages[S0]), Pf(G0, PF_SSA)),
+    ("secs-not-mode64", lambda w: setattr(w.secs, "attributes", w.secs.attributes & ~M64), GP),
+    ("secs-aexnotify", lambda w: setattr(w.secs, "attributes", w.secs.attributes | AEXNOTIFY), GP),
+]
+
+
+@contextlib.contextmanager
+def epcm_restored(w: World) -> Iterator[None]:
+    """Undo direct EPCM and SECS edits afterwards (the invariant checker runs after each test)."""
+    cpu = w.cpu
+    saved = {i: (e, e.pt, e.secs, e.linaddr, e.perms, e.state) for i, e in cpu.epcm.items()}
+    attributes = w.secs.attributes
+    yield
+    lp = cpu.lp(0)
+    if lp.enclave_mode:
+        aex(cpu, lp, host_regs(0, 0), None)
+    for i, (e, *fields) in saved.items():
+        e.pt, e.secs, e.linaddr, e.perms, e.state = fields
+        cpu.epcm[i] = e
+    w.secs.attributes = attributes
+
+
+@pytest.mark.parametrize(("case", "change", "expect"), MEMO_ROWS, ids=[r[0] for r in MEMO_ROWS])
+def test_memoized_entry_check_sees_each_input(
+    w: World, case: str, change: Callable[[World], Any], expect: Expect
+) -> None:
+    warm_entries(w)
+    with epcm_restored(w):
+        eenter_row(w, change, tcs_at(0), AEP, expect)
+
+
+@pytest.mark.parametrize(("case", "change", "expect"), MEMO_ROWS, ids=[r[0] for r in MEMO_ROWS])
+def test_memoized_resume_check_sees_each_input(
+    w: World, case: str, change: Callable[[World], Any], expect: Expect
+) -> None:
+    warm_entries(w)
+    with epcm_restored(w):
+        eresume_row(w, change, 0, AEP, expect)
+
+
+def test_memoized_entry_sees_a_new_ssa_frame_size(w: World) -> None:
+    """SSAFRAMESIZE moves GPRSGX: one page per frame puts it on the XSAVE page."""
+    warm_entries(w)
+    w.secs.ssaframesize = 1
+    enter(w, tcs=0)
+    lp = w.cpu.lp(0)
+    assert (lp.ssa_frame_lin, lp.ssa_gpr_index) == (S0, w.index_of(S0))
+    assert lp.ssa_gpr_offset == 0x1000 - 184
+
+
+def test_memoized_entry_sees_a_new_base(w: World) -> None:
+    warm_entries(w)
+    w.secs.baseaddr += 0x1000  # (test set-up only: ECREATE fixes it) every address moves
+    regs = enter(w, tcs=0)
+    assert (w.cpu.lp(0).ssa_frame_lin, regs[Reg.RIP]) == (S1, BASE + 0x1000 + OENTRY)
+    leave_to_host(w, regs)
+    w.secs.baseaddr -= 0x1000
+
+
+def test_memoized_resume_reads_the_saved_state_again(w: World) -> None:
+    warm_entries(w)
+    after_aex(w, tcs=0, seed=2)
+    w.poke(G0 + GPR_OFF[Reg.RIP], struct.pack("<Q", CODE + 0x900))
+    regs = os_regs(0)
+    run_enclu(w, regs)
+    assert regs[Reg.RIP] == CODE + 0x900 and regs[Reg.RAX] == enclave_state(Registers(), 2)[Reg.RAX]
+
+
+def test_aexnotify_resume_is_not_memoized() -> None:
+    wn = World(aexnotify=True, tcs_flags=2)
+    after_aex(wn, tcs=0)
+    run_enclu(wn, os_regs(0))
+    assert (tcs_at(0), True) not in wn.cpu.entry_checks

@@ -165,6 +165,9 @@ _RIP = Reg.RIP
 
 # Why a run stopped early (besides a fault).
 _STOP_EEXIT = 1
+# The ENCLU hook stopped the run (a leaf's fault, #UD) with the view holding the registers it
+# read: nothing ran since, so they are Unicorn's and need no second read for the AEX.
+_STOP_HELD = 2
 _RESTART_TB_FLUSH = 1
 _RESTART_MAP = 2
 
@@ -226,8 +229,10 @@ class NativeEngine:
         self._tlb_stale = False
         self._granted: dict[int, tuple[int, int]] = {}  # Unicorn TLB content: page -> (pa, perms)
         # The last tlb_fill of each granted page, for _revalidate: page -> (PTE, EPCM entry,
-        # its fields, (index, rights)), valid for the SECS in _fills_secs.
-        self._fills: dict[int, tuple[int, EpcmEntry | None, tuple[Any, ...], tuple[int, int]]] = {}
+        # its fields, (index, rights), the grant the result was checked against or None),
+        # valid for the SECS in _fills_secs.
+        self._fills: dict[int, tuple[int, EpcmEntry | None, tuple[Any, ...], tuple[int, int],
+                                     tuple[int, int] | None]] = {}
         self._fills_secs: tuple[Any, ...] = ()
         self._counting = True  # the start-up runs armed Unicorn's count hook
         self._maint = False
@@ -296,8 +301,8 @@ class NativeEngine:
             status = uclib.uc_emu_start(self._h, rip, self._until, 0, count)
             # Unicorn's counter matters only to a counted run (see _retired).
             started = self._counter.value if count and self._counter is not None else 0
-            if self._stop != _STOP_EEXIT:
-                regs.forget()  # (at EEXIT the hook loaded every register and nothing ran since)
+            if not self._stop:
+                regs.forget()  # (else the hook loaded every register and nothing ran since)
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -485,65 +490,107 @@ class NativeEngine:
             self._flush_tlb_now()
 
     def _revalidate(self) -> bool:
-        lp, cpu, mem = self.lp, self.cpu, self.mem
+        lp, cpu = self.lp, self.cpu
         tlb = lp.tlb
         epcm_get = cpu.epcm.get
-        translate = mem.translate
+        translate = self.mem.translate
         fills = self._fills
         secs = lp.secs
         assert secs is not None
         if self._fills_secs != (secs, secs.baseaddr, secs.size):
             fills.clear()
             self._fills_secs = (secs, secs.baseaddr, secs.size)
-        for vpn, (pa, perms) in self._granted.items():
-            acc = EXECUTE if perms & EXECUTE else WRITE if perms & WRITE else READ
-            hit = tlb.get(vpn)
-            known = 0
-            if hit is None or not hit[1] & acc:
-                lin = vpn << PAGE_SHIFT
-                last = fills.get(vpn)
-                if (
-                    last is not None
-                    and translate(lin) == last[0]
-                    and (
-                        (e := last[1]) is None
-                        or (
-                            epcm_get(last[3][0]) is e
-                            and (e.secs, e.linaddr, e.pt, e.state, e.perms) == last[2]
-                        )
+        buf = cpu.epc.buffer
+        scanned = self._scanned
+        for vpn, held in self._granted.items():
+            last = fills.get(vpn)
+            # The usual case: the fill inputs are as recorded, and the record was checked
+            # against this very grant (last[4]): the checks of _revalidate_page depend on
+            # nothing else (the hit, the grant, the PTE), so only the code content is compared.
+            if (
+                last is not None
+                and last[4] is held
+                and vpn not in tlb
+                and translate(vpn << PAGE_SHIFT) == last[0]
+                and (
+                    (e := last[1]) is None
+                    or (
+                        epcm_get(last[3][0]) is e
+                        and (e.secs, e.linaddr, e.pt, e.state, e.perms) == last[2]
                     )
-                ):
-                    hit = tlb[vpn] = last[3]
-                    known = last[0]  # the PTE just read (nonzero: it was present)
-                else:
-                    try:
-                        tlb_fill(cpu, lp, mem, lin, acc)
-                    except SgxFault:
-                        return False
-                    hit = tlb[vpn]
-                    self._record_fill(vpn, hit)
-            index, rights = hit
-            if perms & ~rights:
-                return False
-            if index >= 0:
-                if self._epc_base + (index << PAGE_SHIFT) != pa:
-                    return False
-                if perms & EXECUTE:
-                    cached = self._scanned.get(index)
+                )
+            ):
+                hit = tlb[vpn] = last[3]
+                if held[1] & EXECUTE:
+                    index = hit[0]
+                    cached = scanned.get(index)
                     off = index << PAGE_SHIFT
-                    if cached is None or cached[1] != cpu.epc.buffer[off : off + PAGE_SIZE]:
+                    if cached is None or cached[1] != buf[off : off + PAGE_SIZE]:
                         return False
-            elif (known or translate(vpn << PAGE_SHIFT)) & PTE_ADDR_MASK != pa:
+            elif not self._revalidate_page(vpn, held):
                 return False
+        return True
+
+    def _revalidate_page(self, vpn: int, held: tuple[int, int]) -> bool:
+        """Check one page Unicorn holds (`held`: its frame and rights) as a fresh fill would."""
+        lp, cpu, mem = self.lp, self.cpu, self.mem
+        tlb = lp.tlb
+        translate = mem.translate
+        fills = self._fills
+        pa, perms = held
+        acc = EXECUTE if perms & EXECUTE else WRITE if perms & WRITE else READ
+        hit = tlb.get(vpn)
+        known = 0
+        current = False  # fills[vpn] holds what a fill reads now
+        if hit is None or not hit[1] & acc:
+            lin = vpn << PAGE_SHIFT
+            last = fills.get(vpn)
+            if (
+                last is not None
+                and translate(lin) == last[0]
+                and (
+                    (e := last[1]) is None
+                    or (
+                        cpu.epcm.get(last[3][0]) is e
+                        and (e.secs, e.linaddr, e.pt, e.state, e.perms) == last[2]
+                    )
+                )
+            ):
+                hit = tlb[vpn] = last[3]
+                known = last[0]  # the PTE just read (nonzero: it was present)
+            else:
+                try:
+                    tlb_fill(cpu, lp, mem, lin, acc)
+                except SgxFault:
+                    return False
+                hit = tlb[vpn]
+                self._record_fill(vpn, hit)
+            current = True
+        index, rights = hit
+        if perms & ~rights:
+            return False
+        if index >= 0:
+            if self._epc_base + (index << PAGE_SHIFT) != pa:
+                return False
+            if perms & EXECUTE:
+                cached = self._scanned.get(index)
+                off = index << PAGE_SHIFT
+                if cached is None or cached[1] != cpu.epc.buffer[off : off + PAGE_SIZE]:
+                    return False
+        elif (known or translate(vpn << PAGE_SHIFT)) & PTE_ADDR_MASK != pa:
+            return False
+        if current:
+            fills[vpn] = (*fills[vpn][:4], held)  # checked against this grant
         return True
 
     def _record_fill(self, vpn: int, hit: tuple[int, int]) -> None:
         """What a tlb_fill of `vpn` that gave `hit` read: its PTE (reading it again changes
-        nothing: the walk set its A bit) and, for an EPC page, the EPCM entry and its fields."""
+        nothing: the walk set its A bit) and, for an EPC page, the EPCM entry and its fields.
+        The grant it was checked against comes later (None: not yet)."""
         index = hit[0]
         e = self.cpu.epcm.get(index) if index >= 0 else None
         fields = () if e is None else (e.secs, e.linaddr, e.pt, e.state, e.perms)
-        self._fills[vpn] = (self.mem.translate(vpn << PAGE_SHIFT), e, fields, hit)
+        self._fills[vpn] = (self.mem.translate(vpn << PAGE_SHIFT), e, fields, hit, None)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _on_fill(self, _uc: Any, va: int, access: int, entry: int, _ud: Any) -> bool:
@@ -626,6 +673,7 @@ class NativeEngine:
             ):
                 self._fault = InvalidOpcode()
                 self._fault_exact = True
+                self._stop = _STOP_HELD
                 return False
             try:
                 self.cpu.enclu(self.lp, regs, self.mem)
@@ -633,6 +681,7 @@ class NativeEngine:
                 regs.discard()
                 self._fault = _event(fault)
                 self._fault_exact = True
+                self._stop = _STOP_HELD
                 return False
             if not self.lp.enclave_mode:
                 self._stop = _STOP_EEXIT  # EEXIT: the new RIP etc. stay in the view

@@ -176,13 +176,18 @@ class UcRegisterView:
     round trip therefore reads the x87/SSE registers once and writes them at most once.
     """
 
-    __slots__ = ("raw", "values", "loaded", "dirty", "_fx_known", "_fx_pending", "_fx_exact")
+    __slots__ = (
+        "raw", "values", "loaded", "dirty", "_held", "_fx_known", "_fx_pending", "_fx_exact"
+    )  # fmt: skip
 
     def __init__(self, raw: RawRegs) -> None:
         self.raw = raw
         self.values = [0] * NREGS
         self.loaded = False
         self.dirty = False
+        # The last batch read while it is still what Unicorn holds (nothing ran or was written
+        # since), else None: `discard` goes back to it without reading again.
+        self._held: tuple[int, ...] | None = None
         self._fx_known: bytes | None = None
         self._fx_pending: bytes | None = None
         self._fx_exact = False
@@ -221,13 +226,15 @@ class UcRegisterView:
     def load_all(self) -> None:
         """Make every register valid with one batch read."""
         if not self.loaded:
-            self.values = list(self.raw.read_all())
+            held = self._held = self.raw.read_all()
+            self.values = list(held)
             self.loaded = True
 
     def set_all_dirty(self) -> None:
         """Every register must be written back: Unicorn's CPU state was replaced."""
         assert self.loaded, "load_all() first"
         self.dirty = True
+        self._held = None
 
     def sync(self) -> None:
         """Write the registers (one batch) and a pending x87/SSE state to Unicorn."""
@@ -236,21 +243,29 @@ class UcRegisterView:
         if self.dirty:
             self.raw.write_all(self.values)
             self.dirty = False
+            self._held = None
 
     def forget(self) -> None:
         """Unicorn ran: cached values are stale (every run starts with a `sync`)."""
         assert not self.dirty and self._fx_pending is None, "sync() before Unicorn runs"
         self.loaded = False
+        self._held = None
         self._fx_known = None
 
     def discard(self) -> None:
         """Drop register writes not synced (a faulting instruction has no architectural effect).
 
-        Only ENCLU leaves run inside a run, and none of them loads x87/SSE state: the x87/SSE
-        state is left as it is.
+        The view then holds what Unicorn holds: the last batch read when nothing was written to
+        Unicorn since (`_held`), else nothing (the next access reads again). Only ENCLU leaves
+        run inside a run, and none of them loads x87/SSE state: that state is left as it is.
         """
         self.dirty = False
-        self.loaded = False
+        held = self._held
+        if held is None:
+            self.loaded = False
+        else:
+            self.values = list(held)
+            self.loaded = True
 
     def reset_fx(self, held: bytes, state: bytes) -> None:
         """Unicorn's x87/SSE registers were replaced (a context restore) by the FXSAVE image

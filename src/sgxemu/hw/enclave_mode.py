@@ -9,7 +9,7 @@ instead of a call per register).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..arch.constants import (
     GPRSGX_SIZE,
@@ -21,7 +21,7 @@ from ..arch.constants import (
     TcsFlags,
     TcsState,
 )
-from .epcm import UNUSABLE
+from .epcm import UNUSABLE, EpcmEntry
 from .faults import GeneralProtection
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
 from .regs import TF, Reg
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .secs import SecsState
 
 TCS_FIELDS = struct.Struct("<QQQIIQQQQII")  # STATE .. GSLIMIT (SDM Table 38-10)
+_TCS_SIZE = TCS_FIELDS.size  # bytes 0..71: every TCS field the entry checks read
 U64 = struct.Struct("<Q")
 _URSP_URBP = struct.Struct("<QQ")  # GPRSGX.URSP and GPRSGX.URBP, adjacent
 _FS_GS = _URSP_URBP  # GPRSGX.FSBASE and GPRSGX.GSBASE, adjacent too
@@ -102,12 +103,123 @@ def read_tcs(cpu: Processor, index: int) -> Tcs:
     return _tuple_new(Tcs, TCS_FIELDS.unpack_from(cpu.epc.buffer, index << PAGE_SHIFT))
 
 
+class EntryCheck(NamedTuple):
+    """What a passed entry check read, besides the registers and the SSA contents: the PTE of
+    the TCS, its EPCM entry (the object and the fields checked), TCS bytes 0..71, the SECS
+    fields used, and for each SSA page checked its linear address, PTE, EPC index, EPCM entry
+    and fields."""
+
+    tcs_pte: int
+    tcs_epcm: EpcmEntry
+    tcs_fields: tuple[Any, ...]
+    tcs_raw: bytes
+    secs_fields: tuple[int, int, int]
+    ssa: tuple[tuple[int, int, int, EpcmEntry, tuple[Any, ...]], ...]
+    entry: Entry
+
+
 def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
     """The EENTER/ERESUME checks in SDM order; ERESUME uses frame CSSA-1.
 
-    A hot path (every entry): the alignment checks, `secs.init`, `secs.mode64bit` and the
-    canonical-address tests (bits 63:47 all zeros or all ones) are inlined.
+    The checks through the SSA frame are a function of what `EntryCheck` records (the TCS
+    linear address is the key, RCX is tested again): when all of it reads as it did at the
+    last entry through this TCS that passed them, they pass again with the same result, and
+    only ERESUME's checks of the saved RIP and FS/GS bases (SSA contents) run. The memo reads
+    in the checks' own order and gives up at the first difference, so a PTE is read (its A bit
+    set) only where the full check would read it; the full check then runs from the start.
     """
+    memo = cpu.entry_checks.get((values[_RBX], resume))
+    if memo is not None:
+        entry = _recheck(cpu, values, mem, memo)
+        if entry is not None:
+            if resume:
+                _check_resume_target(cpu, entry)
+            return entry
+    return _check_entry(cpu, values, mem, resume)
+
+
+def _recheck(cpu: Processor, values: list[int], mem: AddressSpace, memo: EntryCheck) -> Entry | None:
+    """The memoized Entry when every input of the checks is as recorded, else None."""
+    translate = mem.translate
+    if translate(values[_RBX]) != memo.tcs_pte:
+        return None
+    top = values[_RCX] >> 47
+    if top and top != CANONICAL_HIGH:
+        return None
+    entry = memo.entry
+    epcm_get = cpu.epcm.get
+    e = memo.tcs_epcm
+    if epcm_get(entry.tcs_index) is not e or (e.state, e.linaddr, e.pt, e.secs) != memo.tcs_fields:
+        return None
+    off = entry.tcs_index << PAGE_SHIFT
+    if cpu.epc.buffer[off : off + _TCS_SIZE] != memo.tcs_raw:
+        return None
+    secs = entry.secs
+    if (secs.attributes, secs.baseaddr, secs.ssaframesize) != memo.secs_fields:
+        return None
+    for lin, pte, index, e, fields in memo.ssa:
+        if translate(lin) != pte:
+            return None
+        # (The same PTE names the same EPC page `index`.)
+        if epcm_get(index) is not e or (e.state, e.linaddr, e.pt, e.secs, e.perms) != fields:
+            return None
+    return entry
+
+
+def _check_resume_target(cpu: Processor, entry: Entry) -> None:
+    """A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those."""
+    gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
+    buf = cpu.epc.buffer
+    target = U64.unpack_from(buf, gpr + GPRSGX_RIP)[0]
+    fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_FSBASE)
+    top = target >> 47
+    fs_top = fsbase >> 47
+    gs_top = gsbase >> 47
+    if (
+        (top and top != CANONICAL_HIGH)
+        or (fs_top and fs_top != CANONICAL_HIGH)
+        or (gs_top and gs_top != CANONICAL_HIGH)
+    ):
+        raise GeneralProtection()
+
+
+def _record(
+    cpu: Processor, mem: AddressSpace, entry: Entry, tcs_lin: int, resume: bool
+) -> None:
+    """Keep what a passed check read (AEX-Notify entries, which may check a second frame,
+    are not kept). Reading the PTEs again changes nothing: the check's walk set their A bits."""
+    if entry.notify or (resume and entry.tcs.flags & _TCS_AEXNOTIFY):
+        return
+    translate = mem.translate
+    epcm = cpu.epcm
+    e = epcm[entry.tcs_index]
+    secs = entry.secs
+    frame_lin = entry.frame_lin
+    gpr_lin = frame_lin + secs.ssaframesize * PAGE_SIZE - GPRSGX_SIZE
+    pages = [(frame_lin, entry.xsave_index)]
+    if gpr_lin & PAGE_MASK != frame_lin:
+        pages.append((gpr_lin, entry.gpr_index))  # else GPRSGX lies on the XSAVE page
+    ssa = []
+    for lin, index in pages:
+        s = epcm[index]
+        fields = (s.state, s.linaddr, s.pt, s.secs, s.perms)
+        ssa.append((lin, translate(lin), index, s, fields))
+    off = entry.tcs_index << PAGE_SHIFT
+    cpu.entry_checks[(tcs_lin, resume)] = EntryCheck(
+        translate(tcs_lin),
+        e,
+        (e.state, e.linaddr, e.pt, e.secs),
+        bytes(cpu.epc.buffer[off : off + _TCS_SIZE]),
+        (secs.attributes, secs.baseaddr, secs.ssaframesize),
+        tuple(ssa),
+        entry,
+    )
+
+
+def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
+    """The full check. A hot path (every entry): the alignment checks, `secs.init`,
+    `secs.mode64bit` and the canonical-address tests (bits 63:47 all zeros or all ones) are
+    inlined."""
     tcs_lin = values[_RBX]
     if tcs_lin & _OFFSET_MASK:
         raise GeneralProtection()
@@ -174,10 +286,12 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
         raise GeneralProtection()
     if state == _ACTIVE:
         raise GeneralProtection()
-    return _tuple_new(
+    entry = _tuple_new(
         Entry,
         (tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify),
     )
+    _record(cpu, mem, entry, tcs_lin, resume)
+    return entry
 
 
 def _ssa_frame(

@@ -38,6 +38,7 @@ from .regs import Reg, RegisterFile, set_result
 from .secs import SecsState
 
 if TYPE_CHECKING:
+    from .enclave_mode import EntryCheck
     from .tracehook import CpuTracer
 
 MIB = 1 << 20
@@ -120,6 +121,8 @@ class Processor:
         self.encls_rbx: int | None = None
         # Optional event recorder (sgxemu.trace): sees every ENCLS, ENCLU and AEX.
         self.tracer: CpuTracer | None = None
+        # The last passed EENTER/ERESUME check per (TCS address, resume): enclave_mode.py.
+        self.entry_checks: dict[tuple[int, bool], EntryCheck] = {}
 
     # -- platform secrets ------------------------------------------------------------------
     def _derive_platform_secrets(self, seed: int) -> None:
