@@ -437,11 +437,44 @@ def test_environment_configuration(built: dict[str, Any]) -> None:
     assert proc.stdout.splitlines()[0] == "cpuid sgx=1 lc=1 sgx1=1 sgx2=0 epc=0x1000000"
 
 
-def test_cpuid_faulting_or_patching_is_reported(built: dict[str, Any]) -> None:
+def _kernel_offers_cpuid_faulting() -> bool:
+    """arch_prctl(ARCH_SET_CPUID, 0) in a throw-away process: 0 where the kernel offers it."""
+    probe = (
+        "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+        "sys.exit(0 if libc.syscall(158, 0x1012, 0) == 0 else 1)"  # SYS_arch_prctl, ARCH_SET_CPUID
+    )
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+CPUID_FAULTING = _kernel_offers_cpuid_faulting()
+SGX_CPUID_LINE = "cpuid sgx=1 lc=1 sgx1=1 sgx2=1 epc=0x8000000"  # host.c's first line, 128M EPC
+
+
+def test_auto_uses_cpuid_faulting_exactly_when_the_kernel_offers_it(built: dict[str, Any]) -> None:
     proc = sgxemu_exec("--", str(built["host"]), "--open", env={"SGXEMU_VERBOSE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "open ok"
-    assert "preload active (cpuid: faulting)" in proc.stderr or "preload active (cpuid: patched)" in proc.stderr
+    want = "faulting" if CPUID_FAULTING else "patched"
+    assert f"preload active (cpuid: {want})" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["fault", "patch", "off"])
+def test_each_cpuid_mode_answers_as_documented(built: dict[str, Any], mode: str) -> None:
+    """fault: emulated where the kernel offers CPUID faulting, else a log line and the host's
+    CPUID (no SGX on this machine's CPU); patch: emulated by rewriting; off: the host's."""
+    proc = sgxemu_exec("--cpuid", mode, "--", str(built["host"]), str(built["elf"]), str(built["sig_path"]), "tcs_entry", env={"SGXEMU_VERBOSE": "1"})
+    emulated = mode == "patch" or (mode == "fault" and CPUID_FAULTING)
+    first = proc.stdout.splitlines()[0] if proc.stdout else ""
+    if emulated:
+        assert proc.returncode == 0, proc.stderr
+        assert first == SGX_CPUID_LINE
+        want = "faulting" if mode == "fault" else "patched"
+        assert f"preload active (cpuid: {want})" in proc.stderr
+    else:
+        assert first.startswith("cpuid sgx=0 "), proc.stdout  # the host CPU has no SGX
+        assert "preload active (cpuid: not emulated)" in proc.stderr
+        refused = "SGXEMU_CPUID=fault but the kernel refuses CPUID faulting: CPUID is not emulated"
+        assert (refused in proc.stderr) == (mode == "fault")
 
 
 def test_without_preload_the_host_sees_no_sgx(built: dict[str, Any]) -> None:
