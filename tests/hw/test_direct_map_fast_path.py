@@ -1,7 +1,8 @@
 """The leaves' fast path through the kernel's direct map gives exactly what the page walk gives.
 
 `operands.epc_page`, EEXTEND and EADD skip `translate` for a page in a `FlatMemory`'s direct map
-(the identity-mapped EPC, no page of it overridden). Each case here runs the same leaves twice
+(the identity-mapped EPC, no page of it overridden), and `operands.read_operand` skips it for
+kernel scratch while no page at all is overridden. Each case here runs the same leaves twice
 on identical machines: through the kit's `FlatMemory` (fast path), and through a wrapper that
 is not a `FlatMemory` (every operand walked). Pages of the direct map are overridden in every
 way that matters (not present, read-only, user, remapped inside and outside the EPC), and the
@@ -122,6 +123,9 @@ OVERRIDES: dict[str, Callable[[Machine], tuple[int, int] | None]] = {
     "free-outside-epc": lambda m: (m.free_pa, NONEPC_FRAME | PTE_P | PTE_W),
     "unrelated-epc-page": lambda m: (m.other_free_pa, 0),
     "unrelated-non-epc-page": lambda m: (0x30_0000, 0),
+    "eadd-source-not-present": lambda m: (0x2000, 0),
+    "eadd-source-user-only": lambda m: (0x2000, PTE_P | PTE_W | PTE_U),
+    "eadd-source-is-epc": lambda m: (0x2000, m.data_pa | PTE_P | PTE_W),
 }
 
 

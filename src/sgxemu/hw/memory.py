@@ -54,7 +54,9 @@ class FlatMemory:
         # Backed pages as writable views over their bytearrays: slicing a view copies nothing,
         # so a read copies the bytes once and a write stores them once.
         self._pages: dict[int, memoryview] = {}
-        self._overrides: dict[int, int] = {}
+        # Page -> PTE where `set_pte` changed the default (read-only outside this class: the
+        # leaves skip the walk while it is empty).
+        self.overrides: dict[int, int] = {}
         self._direct_overrides = 0  # how many overrides lie in [epc_base, epc_end)
         self._set_direct()
 
@@ -75,7 +77,7 @@ class FlatMemory:
 
     def translate(self, lin: int) -> int:
         page = lin & PAGE_MASK
-        pte = self._overrides.get(page)
+        pte = self.overrides.get(page)
         if pte is not None:
             return pte
         if self.epc_base <= page < self.epc_end:
@@ -85,11 +87,11 @@ class FlatMemory:
     def set_pte(self, lin: int, pte: int | None) -> None:
         """Override the entry of one page (None restores the default mapping)."""
         page = lin & PAGE_MASK
-        had = page in self._overrides
+        had = page in self.overrides
         if pte is None:
-            self._overrides.pop(page, None)
+            self.overrides.pop(page, None)
         else:
-            self._overrides[page] = pte
+            self.overrides[page] = pte
         if self.epc_base <= page < self.epc_end and had != (pte is not None):
             self._direct_overrides += 1 if pte is not None else -1
             self._set_direct()

@@ -74,6 +74,16 @@ def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: b
     Outside enclave mode EPC reads as all ones (abort-page semantics, SDM 38.5.1 / spec 6.2).
     """
     # Hot path: `translate` and `Epc.index` inlined; `translate` runs only to raise its #PF.
+    if (
+        type(mem) is FlatMemory
+        and not mem.overrides
+        and (not user or mem.user)
+        and not mem.epc_base <= lin < mem.epc_end
+        and (lin & _OFFSET_MASK) + size <= 4096
+    ):
+        # Kernel scratch with no PTE overridden: present (with U when `mem.user`), frame 0,
+        # never EPC; the walk below would pass and read exactly this.
+        return mem.read(lin, size)
     pte = mem.translate(lin)
     if not pte & PTE_P or (user and not pte & PTE_U):
         translate(mem, lin, False, user)
