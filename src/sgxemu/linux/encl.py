@@ -42,6 +42,7 @@ VM_FAULT_NOPAGE = 0x0100
 SGX_SECINFO_R, SGX_SECINFO_W, SGX_SECINFO_X = 0x1, 0x2, 0x4
 SGX_SECINFO_PAGE_TYPE_MASK = 0xFF << 8
 SGX_SECINFO_TCS = int(PageType.PT_TCS) << 8
+_PT_REG = int(PageType.PT_REG)
 
 
 class SgxVaPage:
@@ -354,7 +355,7 @@ def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
         sgx_encl_free_epc_page(m, epc_page)
         return VM_FAULT_SIGBUS
     encl_page.epc_page = epc_page
-    encl_page.type = int(PageType.PT_REG)
+    encl_page.type = _PT_REG
     encl.secs_child_cnt += 1
     m.epc.mark_reclaimable(epc_page)
     # A failed PTE install would leave the page in place for the next fault.

@@ -67,8 +67,9 @@ def do_user_addr_fault(m: Machine, thread: Thread, addr: int, error_code: int) -
 
 # do_user_addr_fault (fault.c)
 def _do_user_addr_fault(m: Machine, thread: Thread, addr: int, error_code: int) -> Signal | None:
-    thread.process.page_faults += 1
-    vma = thread.process.mm.vma_lookup(addr)
+    proc = thread.process
+    proc.page_faults += 1
+    vma = proc.mm.vma_lookup(addr)
     if vma is None:
         return SIGSEGV(addr, SEGV_MAPERR)
     if access_error(error_code, vma):

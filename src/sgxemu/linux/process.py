@@ -186,7 +186,8 @@ class Thread:
         for _ in range(16):
             pte = mem.ptes.get(key, 0)
             if pte & PTE_P and (not write or pte & PTE_W):
-                mem.ptes[key] = pte | PTE_A  # the walk sets the accessed bit
+                if not pte & PTE_A:
+                    mem.ptes[key] = pte | PTE_A  # the walk sets the accessed bit
                 return pte
             code = (
                 (int(PfErrorCode.W) if write else 0)
@@ -204,7 +205,7 @@ class Thread:
     def _access(self, addr: int, size: int, data: bytes | None, kernel: bool) -> bytes:
         if kernel and (addr + size > TASK_SIZE or addr + size < addr):
             raise KernelError(errno.EFAULT)  # access_ok
-        cpu = self.machine.cpu
+        epc = self.machine.cpu.epc
         mem = self.process.mm.mem
         out = bytearray()
         pos = 0
@@ -213,7 +214,7 @@ class Thread:
             n = min(size - pos, PAGE_SIZE - (a & ~PAGE_MASK))
             pte = self._page(a, data is not None, kernel)
             # Outside enclave mode EPC reads as all ones and writes are dropped (abort page).
-            in_epc = cpu.epc.index(pte & PTE_ADDR_MASK) >= 0
+            in_epc = epc.index(pte & PTE_ADDR_MASK) >= 0
             if data is None:
                 out += b"\xff" * n if in_epc else mem.read(a, n)
             elif not in_epc:

@@ -20,6 +20,7 @@ from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
 from .mman import PROT_EXEC, PROT_READ, PROT_WRITE
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
+_P_A = PTE_P | PTE_A
 
 
 def pte_for(pa: int, prot: int) -> int:
@@ -114,7 +115,7 @@ class UserMemory:
         # A page walk sets the accessed bit (the reclaimer's aging reads and clears it).
         page = lin >> PAGE_SHIFT
         pte = self.ptes.get(page, 0)
-        if pte & PTE_P and not pte & PTE_A:
+        if pte & _P_A == PTE_P:  # present, accessed bit not yet set (one test for two)
             pte |= PTE_A
             self.ptes[page] = pte
         return pte

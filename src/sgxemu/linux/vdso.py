@@ -60,18 +60,23 @@ class EnclaveCall:
         run: uapi.sgx_enclave_run,
     ) -> None:
         self.thread = thread
+        self.machine = thread.machine
+        # The thread's engine is made once and kept for its life: look it up once per call.
+        self.engine = engine = thread.engine
+        self._flush_tlb = engine.flush_tlb
         self.parent = thread.call  # a call made from this thread's user handler nests
         self.busy = False  # being stepped (its user handler may be running)
         self.run = run
         self.leaf = function & 0xFFFF_FFFF  # %ecx -> %eax
         self.state = _VALIDATE
+        self.done = False  # state == _DONE, kept as a flag: the scheduler tests it per step
         self.result: int | None = None
         self.pending: EngineExit | None = None  # an AEX forced from outside (IPI, preemption)
         self.error: BaseException | None = None  # a signal the vDSO does not fix up
         self.entries = 0
         self._last_fault: tuple[int, int] | None = None
         self._repeats = 0
-        regs = thread.engine.regs
+        regs = engine.regs
         values = regs.get_all()
         values[_RDI] = rdi & _MASK64
         values[_RSI] = rsi & _MASK64
@@ -84,10 +89,6 @@ class EnclaveCall:
         regs.set_all(values)
 
     @property
-    def done(self) -> bool:
-        return self.state == _DONE
-
-    @property
     def inside(self) -> bool:
         """The thread is in enclave mode on its logical processor (between slices)."""
         return self.state == _RUN and self.pending is None
@@ -98,9 +99,11 @@ class EnclaveCall:
     def _finish(self, result: int) -> None:
         self.result = result
         self.state = _DONE
-        if self.thread.machine.tracer is not None:
-            self.thread.machine.tracer.vdso_return(self, result)
-        self.thread.machine.kernel_exit(self.thread)
+        self.done = True
+        m = self.machine
+        if m.tracer is not None:
+            m.tracer.vdso_return(self, result)
+        m.kernel_exit(self.thread)
 
     def step(self, budget: int | None) -> None:
         """Advance until the call is done or the thread's slice ends inside the enclave."""
@@ -130,7 +133,7 @@ class EnclaveCall:
         if bytes(self.run)[_RESERVED] != _NO_RESERVED:
             self._finish(-errno.EINVAL)
             return
-        regs = self.thread.engine.regs
+        regs = self.engine.regs
         values = regs.get_all()
         values[_RAX] = self.leaf
         values[_RBX] = self.run.tcs  # (a c_uint64 field)
@@ -141,13 +144,12 @@ class EnclaveCall:
 
     # .Lenclu_eenter_eresume
     def _enclu(self) -> None:
-        t = self.thread
-        m = t.machine
-        engine = t.engine
-        m.claim_lp(t)
+        m = self.machine
+        engine = self.engine
+        m.claim_lp(self.thread)
         # Several threads may share a logical processor, each with its own engine: the one
         # about to run is the one whose cached translations entry and exit must flush.
-        engine.lp.on_flush = engine.flush_tlb
+        engine.lp.on_flush = self._flush_tlb
         try:
             m.cpu.enclu(engine.lp, engine.regs, engine.mem)
         except SgxFault as fault:
@@ -157,7 +159,7 @@ class EnclaveCall:
         self.state = _RUN
 
     def _run(self, budget: int | None) -> bool:
-        engine = self.thread.engine
+        engine = self.engine
         if self.pending is not None:
             ex, self.pending = self.pending, None
         else:
@@ -166,7 +168,7 @@ class EnclaveCall:
         if kind is _SLICE:
             return False
         if kind is _AEX:
-            self.thread.machine.stats.aexes += 1
+            self.machine.stats.aexes += 1
         if kind is _EEXIT_EXIT:
             # EEXIT lands after the ENCLU ("unless the enclave is doing something fancy").
             self.run.function = EEXIT
@@ -181,7 +183,7 @@ class EnclaveCall:
     def _exception(self, fault: SgxFault, aex: bool) -> None:
         """A trap at the vDSO's ENCLU: the kernel handles it, or the vDSO fixup reports it."""
         t = self.thread
-        m = t.machine
+        m = self.machine
         vector = int(fault.vector)
         addr = 0
         if isinstance(fault, PageFault):
@@ -201,7 +203,7 @@ class EnclaveCall:
             self.error = SIGTRAP(addr)
             self._finish(0)
             return
-        regs = t.engine.regs
+        regs = self.engine.regs
         self.run.function = regs[Reg.RAX] & 0xFFFF_FFFF
         self.run.exception_vector = vector
         self.run.exception_error_code = fault.error_code & 0xFFFF
@@ -224,7 +226,7 @@ class EnclaveCall:
             self.error = SIGSEGV(run.user_handler, SEGV_MAPERR)  # a call through a bad pointer
             self._finish(0)
             return
-        regs = t.engine.regs
+        regs = self.engine.regs
         rsp = regs[Reg.RSP]
         ret = _s32(
             handler(

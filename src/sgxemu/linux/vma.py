@@ -106,16 +106,22 @@ class Mm:
     mem: UserMemory
     owner: Process | None = None
     vmas: list[Vma] = field(default_factory=list)
+    # The VMA of the last lookup (the vmacache of kernels before 6.1); `remove` forgets it.
+    _cached: Vma | None = field(default=None, repr=False)
 
     def _starts(self) -> list[int]:
         return [v.start for v in self.vmas]
 
     def find_vma(self, addr: int) -> Vma | None:
         """The first VMA ending above `addr` (it may start above it too), like find_vma()."""
+        vma = self._cached
+        if vma is not None and vma.start <= addr < vma.end:
+            return vma  # VMAs do not overlap: the one containing addr is the first ending above
         vmas = self.vmas
         i = bisect.bisect_right(vmas, addr, key=_vma_start) - 1  # no list of starts per lookup
         if i >= 0 and addr < vmas[i].end:
-            return vmas[i]
+            vma = self._cached = vmas[i]
+            return vma
         return vmas[i + 1] if i + 1 < len(vmas) else None
 
     def vma_lookup(self, addr: int) -> Vma | None:
@@ -164,3 +170,5 @@ class Mm:
 
     def remove(self, vma: Vma) -> None:
         self.vmas.remove(vma)
+        if vma is self._cached:
+            self._cached = None
