@@ -6,7 +6,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sgxemu.arch.constants import PAGE_SIZE, Attribute, PageType, secinfo_flags
 from sgxemu.exec.engine import ExitKind
@@ -14,12 +13,11 @@ from sgxemu.exec.scripted import ScriptedContext, ScriptedEngine, ScriptedProgra
 from sgxemu.hw.processor import Processor
 from sgxemu.leafkit import LeafKit
 from sgxemu.linux.usermem import UserMemory
-from sgxemu.sign import EnclaveMeasurer, generate_key, load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import EnclaveMeasurer, generate_key, mrsigner_of_key, sign_sigstruct
 
 BASE = 0x10_0000_0000
 SIZE = 0x8000
 CODE, SSA, STACK, DATA = 0x1000, 0x2000, 0x3000, 0x4000
-_KEY = Path(__file__).parents[2] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 def _median(samples: list[float]) -> float:
@@ -45,7 +43,7 @@ def _engine(entry: Callable[[ScriptedContext], Step]) -> tuple[LeafKit, Scripted
         page = data.ljust(PAGE_SIZE, b"\0")
         kit.eadd(encl, BASE + off, page, flags)
         meas.add_page(off, page, flags)
-    key = load_key(_KEY) if _KEY.is_file() else generate_key()
+    key = generate_key()
     sig = sign_sigstruct(
         key,
         enclavehash=meas.mrenclave(),

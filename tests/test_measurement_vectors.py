@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,7 @@ from sgxemu.hw.measurement import (
     eextend_block,
 )
 from sgxemu.sign import EnclaveMeasurer
-
-VECTORS = Path(__file__).parents[2] / "shared" / "vectors"
+from testkeys import VECTORS, needs_vectors
 
 TCS = 0x100
 REG_R = 0x201
@@ -55,6 +53,7 @@ def test_three_page_vector_uses_size_0x4000() -> None:
     assert _next_pow2(3 * PAGE_SIZE) == 0x4000
 
 
+@needs_vectors
 def test_enarx_encl_bin_matches_encl_ss_enclavehash() -> None:
     image = (VECTORS / "enarx-sgx" / "encl.bin").read_bytes()
     sig = (VECTORS / "enarx-sgx" / "encl.ss").read_bytes()
@@ -99,6 +98,7 @@ def _replay_sgxs(stream: bytes) -> tuple[MeasurementState, dict[bytes, int]]:
     return state, counts
 
 
+@needs_vectors
 def test_fortanix_test_enclave_sgxs_replay() -> None:
     stream = (VECTORS / "fortanix-rust-sgx" / "test_enclave.sgxs").read_bytes()
     sig = (VECTORS / "fortanix-rust-sgx" / "test_enclave.sig").read_bytes()
@@ -110,6 +110,7 @@ def test_fortanix_test_enclave_sgxs_replay() -> None:
     assert sig[960:992].hex() == expected
 
 
+@needs_vectors
 def test_fortanix_report_sgxs_replay() -> None:
     stream = (VECTORS / "fortanix-rust-sgx" / "report.sgxs").read_bytes()
     state, _ = _replay_sgxs(stream)

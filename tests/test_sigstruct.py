@@ -31,8 +31,8 @@ from sgxemu.sign import (
     mrsigner_of_key,
     sign_sigstruct,
 )
+from testkeys import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).parents[2] / "shared" / "vectors"
 ENARX = VECTORS / "enarx-sgx"
 FORTANIX = VECTORS / "fortanix-rust-sgx"
 INTEL = VECTORS / "intel"
@@ -64,6 +64,7 @@ def fresh_key() -> rsa.RSAPrivateKey:
 # --- third-party SIGSTRUCTs -----------------------------------------------------------
 
 
+@needs_vectors
 def test_enarx_encl_ss() -> None:
     sig = _read(ENARX / "encl.ss")
     assert len(sig) == SIGSTRUCT_SIZE
@@ -77,6 +78,7 @@ def test_enarx_encl_ss() -> None:
     )
 
 
+@needs_vectors
 def test_enarx_encl_pem_is_the_signer() -> None:
     key = load_key(ENARX / "encl.pem")
     assert mrsigner_of_key(key).hex() == (
@@ -84,6 +86,7 @@ def test_enarx_encl_pem_is_the_signer() -> None:
     )
 
 
+@needs_vectors
 def test_raw_rsa_vector_sig1() -> None:
     n = _le(FORTANIX / "sig1.key_n.bin")
     s = _le(FORTANIX / "sig1.sig.bin")
@@ -102,6 +105,7 @@ def test_raw_rsa_vector_sig1() -> None:
     assert q2 == s * (s * s % n) // n
 
 
+@needs_vectors
 def test_deterministic_sigstruct_sig1() -> None:
     key = load_key(FORTANIX / "sig1.key.pem")
     expected = _read(FORTANIX / "sig1.sigstruct.bin")
@@ -129,6 +133,7 @@ def test_deterministic_sigstruct_sig1() -> None:
     assert mrsigner_of_key(key).hex() == mr
 
 
+@needs_vectors
 def test_intel_le_prod_css() -> None:
     sig = _read(INTEL / "le_prod_css.bin")
     assert sigstruct_format_valid(sig)
@@ -142,6 +147,7 @@ def test_intel_le_prod_css() -> None:
     )
 
 
+@needs_vectors
 def test_fortanix_test_enclave_sig() -> None:
     sig = _read(FORTANIX / "test_enclave.sig")
     sgxs = _read(FORTANIX / "test_enclave.sgxs")
@@ -181,6 +187,7 @@ FLIP_OFFSETS = {
 }
 
 
+@needs_vectors
 @pytest.mark.parametrize("name", ALL_VALID)
 @pytest.mark.parametrize("where", sorted(FLIP_OFFSETS))
 def test_one_bit_flip_breaks_signature(name: str, where: str) -> None:
@@ -190,6 +197,7 @@ def test_one_bit_flip_breaks_signature(name: str, where: str) -> None:
         assert sigstruct_signature_padding(_flip(sig, FLIP_OFFSETS[where], bit)) is None
 
 
+@needs_vectors
 @pytest.mark.parametrize(
     "offset",
     [0, 4, 15, 24, 39, 512, 513, 515, 16, 17, 18, 19],
@@ -201,6 +209,7 @@ def test_header_vendor_exponent_changes_fail_format(offset: int) -> None:
     assert not sigstruct_format_valid(_flip(sig, offset))
 
 
+@needs_vectors
 @pytest.mark.parametrize("rng", RESERVED_RANGES, ids=lambda r: f"{r[0]}-{r[1]}")
 def test_reserved_bytes_fail_format(rng: tuple[int, int]) -> None:
     sig = _read(ENARX / "encl.ss")
@@ -213,6 +222,7 @@ def test_reserved_ranges_are_the_newest_layout() -> None:
     assert RESERVED_RANGES == ((44, 128), (910, 912), (992, 1008), (1028, 1040))
 
 
+@needs_vectors
 def test_vendor_intel_and_newer_fields_pass_format() -> None:
     sig = bytearray(_read(ENARX / "encl.ss"))
     sig[16:20] = (0x8086).to_bytes(4, "little")

@@ -6,12 +6,11 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from sgxemu.cli.main import COMMAND_MODULES, _register_commands, cli
+from testkeys import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).parents[2] / ".." / "shared" / "vectors"
 TDQE = VECTORS / "intel" / "libsgx_tdqe.signed.so"
 SGXS = VECTORS / "fortanix-rust-sgx" / "test_enclave.sgxs"
 SIG = VECTORS / "fortanix-rust-sgx" / "test_enclave.sig"
@@ -22,7 +21,7 @@ SGXS_HASH = "784acfd7d5096a8f0fbd3265760bff21b120f62407a9a9e5ba31aa3c8ed198fc"
 SGXS_MRSIGNER = "fb4bab3d6036ac1d730fa83d7366df1dd2dfeac194ef335d6854d8a6c6475542"
 MD_OFFSET = 0x123A19
 
-pytestmark = pytest.mark.skipif(not TDQE.exists(), reason="shared vectors not present")
+pytestmark = needs_vectors
 
 
 def run(*args: str | Path) -> Result:

@@ -11,7 +11,6 @@ import ctypes
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,7 +42,7 @@ from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
 from sgxemu.linux.mman import PROT_READ, PROT_WRITE
 from sgxemu.linux.usermem import UserMemory
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
-from sgxemu.sign import EnclaveMeasurer, generate_key, load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import EnclaveMeasurer, mrsigner_of_key, sign_sigstruct
 from sgxemu.testenclave import EnclaveBuildError, build_test_enclave
 from sgxemu.testenclave.protocol import (
     ENCL_OP_EACCEPT,
@@ -65,10 +64,10 @@ from sgxemu.testenclave.protocol import (
     encl_op_put_to_addr,
     encl_op_put_to_buf,
 )
+from testkeys import key_a
 
 SCR_ENGINES = ("scripted", "native")
 
-SCR_ENARX_KEY = Path(__file__).parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 SCR_BASE = 0x10_0000_0000
 SCR_OP = 0x20_0000  # untrusted op structs (one 256-byte slot per logical processor)
 SCR_URSP = 0x30_0ff0  # a plausible untrusted stack pointer
@@ -82,7 +81,7 @@ SCR_REG, SCR_TCS, SCR_TRIM = 0x200, 0x100, 0x400
 
 @pytest.fixture(scope="module")
 def scr_key() -> rsa.RSAPrivateKey:
-    return load_key(SCR_ENARX_KEY) if SCR_ENARX_KEY.is_file() else generate_key()
+    return key_a()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +35,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK
 from sgxemu.hw.regs import AF, CF, OF, PF, SF, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import mrsigner_of_key, sign_sigstruct
+from testkeys import key_a
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -76,12 +76,11 @@ B_TCS, B_SSA, B_DATA, B_SECINFO, B_DYN = (
 C_BASE, C_SIZE = 0x5000_0000, 0x4000
 NEW_BASE, NEW_SIZE = 0x4000_0000, 0x4000  # where successful ECREATE rows put their enclave
 
-SIGNING_KEY = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 @functools.cache
 def _key() -> rsa.RSAPrivateKey:
-    return load_key(SIGNING_KEY)
+    return key_a()
 
 
 @functools.cache

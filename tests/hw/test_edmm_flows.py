@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,8 @@ from sgxemu.hw.faults import GeneralProtection, PageFault
 from sgxemu.hw.regs import Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import mrsigner_of_key, sign_sigstruct
+from testkeys import key_a
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -41,12 +41,11 @@ OUTSIDE = BASE + SIZE
 PF_WRITE = 0x8007  # P | W | U | SGX: write to a PENDING, MODIFIED or read-only page
 PF_READ = 0x8005  # P | U | SGX: read of a TRIM / TCS / PENDING page
 
-SIGNING_KEY = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 @functools.cache
 def _key() -> Any:
-    return load_key(SIGNING_KEY)
+    return key_a()
 
 
 def tcs_at(i: int) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import testkeys
 from sgxemu.arch.constants import (
     EINITTOKEN_SIZE,
     HARDCODED_PKCS1_5_PADDING,
@@ -30,9 +30,9 @@ from sgxemu.hw.faults import GeneralProtection, PageFault, SgxFault
 from sgxemu.hw.keys import einittoken_key, einittoken_mac
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import EnclaveMeasurer, load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import EnclaveMeasurer, mrsigner_of_key, sign_sigstruct
+from testkeys import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 ENARX = VECTORS / "enarx-sgx"
 
 TCS_FLAGS = secinfo_flags(PageType.PT_TCS)  # 0x100
@@ -50,12 +50,12 @@ NON_EPC = 0x30_0000
 
 @pytest.fixture(scope="module")
 def key_a() -> rsa.RSAPrivateKey:
-    return load_key(ENARX / "encl.pem")
+    return testkeys.key_a()
 
 
 @pytest.fixture(scope="module")
 def key_b() -> rsa.RSAPrivateKey:
-    return load_key(VECTORS / "fortanix-rust-sgx" / "sig1.key.pem")
+    return testkeys.key_b()
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -592,6 +592,7 @@ def build_enarx(kit: LeafKit, image: bytes) -> Enclave:
     return encl
 
 
+@needs_vectors
 def test_enarx_encl_ss_attribute_masks_admit_the_secs() -> None:
     raw = (ENARX / "encl.ss").read_bytes()
     attributes, xfrm, attributemask, xfrmmask = struct.unpack_from("<QQQQ", raw, 928)
@@ -601,6 +602,7 @@ def test_enarx_encl_ss_attribute_masks_admit_the_secs() -> None:
     assert (miscselect, miscmask) == (0, 0)
 
 
+@needs_vectors
 def test_enarx_vector_einit_accepts() -> None:
     image = (ENARX / "encl.bin").read_bytes()
     sig = (ENARX / "encl.ss").read_bytes()
@@ -615,6 +617,7 @@ def test_enarx_vector_einit_accepts() -> None:
     assert s.padding == HARDCODED_PKCS1_5_PADDING
 
 
+@needs_vectors
 def test_enarx_vector_one_bit_in_a_measured_page() -> None:
     image = bytearray((ENARX / "encl.bin").read_bytes())
     image[3 * PAGE_SIZE + 0x123] ^= 0x10
@@ -624,6 +627,7 @@ def test_enarx_vector_one_bit_in_a_measured_page() -> None:
     assert kit.einit(encl, (ENARX / "encl.ss").read_bytes()) == SgxError.SGX_INVALID_MEASUREMENT
 
 
+@needs_vectors
 def test_enarx_vector_one_bit_in_the_signature() -> None:
     kit = LeafKit()
     encl = build_enarx(kit, (ENARX / "encl.bin").read_bytes())
@@ -632,6 +636,7 @@ def test_enarx_vector_one_bit_in_the_signature() -> None:
     assert kit.einit(encl, sig) == SgxError.SGX_INVALID_SIGNATURE
 
 
+@needs_vectors
 def test_enarx_vector_with_intel_lepubkeyhash() -> None:
     kit = LeafKit()
     assert kit.cpu.lepubkeyhash == INTEL_LE_PUBKEYHASH  # the reset value
@@ -639,6 +644,7 @@ def test_enarx_vector_with_intel_lepubkeyhash() -> None:
     assert kit.einit(encl, (ENARX / "encl.ss").read_bytes()) == SgxError.SGX_INVALID_EINITTOKEN
 
 
+@needs_vectors
 def test_intel_le_sigstruct_passes_format_and_rsa() -> None:
     """Intel's production LE SIGSTRUCT is well-formed and verifies: EINIT only stops at the SECS."""
     sig = (VECTORS / "intel" / "le_prod_css.bin").read_bytes()

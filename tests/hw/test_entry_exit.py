@@ -15,7 +15,6 @@ import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +33,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, FlatMemory
 from sgxemu.hw.regs import AC, AF, CF, DF, ID, IF, NT, OF, PF, RF, SF, TF, VM, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
-from sgxemu.sign import load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import mrsigner_of_key, sign_sigstruct
+from testkeys import key_a
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED = 0x08, 0x10
@@ -92,12 +92,11 @@ TCS_OFF = {
     "ogsbase": (56, "<Q"),
 }  # fmt: skip
 
-SIGNING_KEY = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 @functools.cache
 def _key() -> rsa.RSAPrivateKey:
-    return load_key(SIGNING_KEY)
+    return key_a()
 
 
 @functools.cache

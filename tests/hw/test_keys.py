@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import testkeys
 from sgxemu.arch.constants import (
     HARDCODED_PKCS1_5_PADDING,
     PAGE_SIZE,
@@ -37,9 +37,7 @@ from sgxemu.hw.processor import Processor
 from sgxemu.hw.regs import ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import EnclaveMeasurer, load_key, mrsigner_of_key, sign_sigstruct
-
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+from sgxemu.sign import EnclaveMeasurer, mrsigner_of_key, sign_sigstruct
 
 M64 = int(Attribute.MODE64BIT)
 TCS_FLAGS = secinfo_flags(PageType.PT_TCS)
@@ -61,12 +59,12 @@ PF_EPC_W = PF_EPC_R | int(PfErrorCode.W)  # 0x8007
 
 @pytest.fixture(scope="module")
 def key_a() -> rsa.RSAPrivateKey:
-    return load_key(VECTORS / "enarx-sgx" / "encl.pem")
+    return testkeys.key_a()
 
 
 @pytest.fixture(scope="module")
 def key_b() -> rsa.RSAPrivateKey:
-    return load_key(VECTORS / "fortanix-rust-sgx" / "sig1.key.pem")
+    return testkeys.key_b()
 
 
 # -- enclaves ----------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import resource
 import struct
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -33,7 +32,8 @@ from sgxemu.hw.processor import Processor, ProcessorConfig
 from sgxemu.hw.regs import Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import mrsigner_of_key, sign_sigstruct
+from testkeys import key_a
 
 R, W, X = 1, 2, 4
 MIB = 1 << 20
@@ -41,12 +41,11 @@ TCS_T, REG, VA_T = PageType.PT_TCS, PageType.PT_REG, PageType.PT_VA
 IA32_FEATURE_CONTROL = 0x3A
 LEPUBKEYHASH = (0x8C, 0x8D, 0x8E, 0x8F)
 
-SIGNING_KEY = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 @functools.cache
 def _key() -> rsa.RSAPrivateKey:
-    return load_key(SIGNING_KEY)
+    return key_a()
 
 
 @functools.cache

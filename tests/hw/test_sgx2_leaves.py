@@ -12,7 +12,6 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W
 from sgxemu.hw.regs import CF, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import LeafKit
-from sgxemu.sign import load_key, mrsigner_of_key, sign_sigstruct
+from sgxemu.sign import mrsigner_of_key, sign_sigstruct
+from testkeys import key_a
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -91,12 +91,11 @@ def secinfo_bytes(flags: int) -> bytes:
     return struct.pack("<Q", flags) + bytes(56)
 
 
-SIGNING_KEY = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "enarx-sgx" / "encl.pem"
 
 
 @functools.cache
 def _key() -> Any:
-    return load_key(SIGNING_KEY)
+    return key_a()
 
 
 def einit(kit: LeafKit, encl: Any, secs: SecsState) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -27,8 +26,8 @@ from sgxemu.loader.errors import (
 from sgxemu.loader.linux_load import load_sdk
 from sgxemu.loader.sdk import SdkEnclave, parse_sdk_enclave, si_flags_of
 from sgxemu.loader.sdk_metadata import PF_R, PF_W, PF_X
+from testkeys import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).parents[2] / ".." / "shared" / "vectors"
 TDQE_PATH = VECTORS / "intel" / "libsgx_tdqe.signed.so"
 TDQE_MRENCLAVE = "86fc4e0ec2c5ddcebac97062c0a0142a97c18a7a755147bcbc3fe17d6529781d"
 TDQE_MRSIGNER = "dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"
@@ -36,7 +35,7 @@ MD_OFFSET = 0x123A19  # the metadata record in the file: unaligned (note header 
 MD_SIZE = 0x1028
 TEXT_BYTE = 0x5000  # a byte of .text, inside the second PT_LOAD
 
-pytestmark = pytest.mark.skipif(not TDQE_PATH.exists(), reason="shared vectors not present")
+pytestmark = needs_vectors
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from sgxemu.loader.errors import (
 )
 from sgxemu.loader.linux_load import check_loadable, load_sgxs
 from sgxemu.loader.sgxs import SgxsEnclave, parse_sgxs, read_sigstruct
+from testkeys import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).parents[2] / ".." / "shared" / "vectors"
 FORTANIX = VECTORS / "fortanix-rust-sgx"
 SGXS_PATH = FORTANIX / "test_enclave.sgxs"
 SIG_PATH = FORTANIX / "test_enclave.sig"
@@ -36,7 +36,7 @@ ENCLAVEHASH = "784acfd7d5096a8f0fbd3265760bff21b120f62407a9a9e5ba31aa3c8ed198fc"
 MRSIGNER = "fb4bab3d6036ac1d730fa83d7366df1dd2dfeac194ef335d6854d8a6c6475542"
 REPORT_SHA256 = "a06a560b26f5e397b2d7872fac66fe4b43bf4f507296ee048f110be6fb1a2290"
 
-pytestmark = pytest.mark.skipif(not SGXS_PATH.exists(), reason="shared vectors not present")
+pytestmark = needs_vectors
 
 # enarx/sgx hasher tests: SSAFRAMESIZE 1, pages of 0x7b from offset 0, EADD + 16 EEXTEND each.
 SMALL_VECTORS = [
