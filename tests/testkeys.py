@@ -35,3 +35,14 @@ def key_a() -> rsa.RSAPrivateKey:
 def key_b() -> rsa.RSAPrivateKey:
     """A second signer, for tests that need two identities."""
     return load_key(DATA / "signing_key_b.pem")
+
+
+@functools.cache
+def plain_sigstruct(mrenclave: bytes) -> bytes:
+    """A SIGSTRUCT by `key_a` for `mrenclave`: no attributes, no masks, ISV fields 0."""
+    from sgxemu.sign import sign_sigstruct
+
+    return sign_sigstruct(
+        key_a(), enclavehash=mrenclave, attributes=0, xfrm=0, attributemask=0, xfrmmask=0,
+        miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
+    )  # fmt: skip

@@ -10,7 +10,6 @@ earlier one must win.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu.arch.constants import (
     Attribute,
@@ -35,8 +33,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK
 from sgxemu.hw.regs import AF, CF, OF, PF, SF, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import mrsigner_of_key, sign_sigstruct
-from testkeys import key_a
+from sgxemu.sign import mrsigner_of_key
+from testkeys import key_a, plain_sigstruct
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -75,20 +73,6 @@ B_TCS, B_SSA, B_DATA, B_SECINFO, B_DYN = (
 )
 C_BASE, C_SIZE = 0x5000_0000, 0x4000
 NEW_BASE, NEW_SIZE = 0x4000_0000, 0x4000  # where successful ECREATE rows put their enclave
-
-
-
-@functools.cache
-def _key() -> rsa.RSAPrivateKey:
-    return key_a()
-
-
-@functools.cache
-def _sigstruct(mrenclave: bytes) -> bytes:
-    return sign_sigstruct(
-        _key(), enclavehash=mrenclave, attributes=0, xfrm=0, attributemask=0, xfrmmask=0,
-        miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
-    )  # fmt: skip
 
 
 def tcs_image(ossa: int, *, oentry: int = 0x2000, **fields: int) -> bytes:
@@ -152,8 +136,8 @@ class World:
         kit.eadd(b, B_SECINFO, b"", secinfo_flags(REG, R | W), measure=False)
         secs_b = self.secs(b)
         assert secs_b.measurement is not None
-        kit.set_lepubkeyhash(mrsigner_of_key(_key()))
-        assert kit.einit(b, _sigstruct(secs_b.measurement.final())) == 0
+        kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
+        assert kit.einit(b, plain_sigstruct(secs_b.measurement.final())) == 0
         self.c = kit.ecreate(C_BASE, C_SIZE, attributes=0)
         self.va = kit.epa()
         self.kmem.set_pte(UNMAPPED, 0)

@@ -8,7 +8,6 @@ or read-only page, 0x8005 for a read of a TRIM page.
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import Any
 
@@ -21,8 +20,8 @@ from sgxemu.hw.faults import GeneralProtection, PageFault
 from sgxemu.hw.regs import Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import mrsigner_of_key, sign_sigstruct
-from testkeys import key_a
+from sgxemu.sign import mrsigner_of_key
+from testkeys import key_a, plain_sigstruct
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -40,12 +39,6 @@ OUTSIDE = BASE + SIZE
 
 PF_WRITE = 0x8007  # P | W | U | SGX: write to a PENDING, MODIFIED or read-only page
 PF_READ = 0x8005  # P | U | SGX: read of a TRIM / TCS / PENDING page
-
-
-
-@functools.cache
-def _key() -> Any:
-    return key_a()
 
 
 def tcs_at(i: int) -> int:
@@ -86,11 +79,8 @@ class Flow:
 
     def init(self, encl: Enclave, secs: SecsState) -> None:
         assert secs.measurement is not None
-        sig = sign_sigstruct(
-            _key(), enclavehash=secs.measurement.final(), attributes=0, xfrm=0, attributemask=0,
-            xfrmmask=0, miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
-        )  # fmt: skip
-        self.kit.set_lepubkeyhash(mrsigner_of_key(_key()))
+        sig = plain_sigstruct(secs.measurement.final())
+        self.kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
         assert self.kit.einit(encl, sig) == 0
 
     def entry(self, lin: int) -> Any:

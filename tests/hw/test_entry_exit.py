@@ -11,14 +11,12 @@ structure definitions.
 from __future__ import annotations
 
 import contextlib
-import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu.arch.constants import Attribute, EncluLeaf, PageType, SgxError, Vector, secinfo_flags
 from sgxemu.hw.enclu.aex import aex
@@ -33,8 +31,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, FlatMemory
 from sgxemu.hw.regs import AC, AF, CF, DF, ID, IF, NT, OF, PF, RF, SF, TF, VM, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import AEP, HOST_RIP, Enclave, LeafKit
-from sgxemu.sign import mrsigner_of_key, sign_sigstruct
-from testkeys import key_a
+from sgxemu.sign import mrsigner_of_key
+from testkeys import key_a, plain_sigstruct
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED = 0x08, 0x10
@@ -93,20 +91,6 @@ TCS_OFF = {
 }  # fmt: skip
 
 
-
-@functools.cache
-def _key() -> rsa.RSAPrivateKey:
-    return key_a()
-
-
-@functools.cache
-def _sigstruct(mrenclave: bytes) -> bytes:
-    return sign_sigstruct(
-        _key(), enclavehash=mrenclave, attributes=0, xfrm=0, attributemask=0, xfrmmask=0,
-        miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
-    )  # fmt: skip
-
-
 def tcs_image(ossa: int, *, flags: int = 0, nssa: int = NSSA, fslimit: int = 0xFFFF_FFFF) -> bytes:
     head = struct.pack(
         "<QQQIIQQQQII", 0, flags, ossa, 0, nssa, OENTRY, 0, OFSBASE, OGSBASE, fslimit, fslimit
@@ -120,8 +104,8 @@ def secinfo_bytes(flags: int) -> bytes:
 
 def einit(kit: LeafKit, encl: Enclave, secs: SecsState) -> None:
     assert secs.measurement is not None
-    kit.set_lepubkeyhash(mrsigner_of_key(_key()))
-    assert kit.einit(encl, _sigstruct(secs.measurement.final())) == 0
+    kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
+    assert kit.einit(encl, plain_sigstruct(secs.measurement.final())) == 0
 
 
 class World:

@@ -7,12 +7,10 @@ IA32_SGXLEPUBKEYHASH); SDM16 Table 37-6 for the CPUID sub-leaf encodings.
 
 from __future__ import annotations
 
-import functools
 import resource
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sgxemu.arch.constants import (
     INTEL_LE_PUBKEYHASH,
@@ -32,28 +30,14 @@ from sgxemu.hw.processor import Processor, ProcessorConfig
 from sgxemu.hw.regs import Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import Enclave, LeafKit
-from sgxemu.sign import mrsigner_of_key, sign_sigstruct
-from testkeys import key_a
+from sgxemu.sign import mrsigner_of_key
+from testkeys import key_a, plain_sigstruct
 
 R, W, X = 1, 2, 4
 MIB = 1 << 20
 TCS_T, REG, VA_T = PageType.PT_TCS, PageType.PT_REG, PageType.PT_VA
 IA32_FEATURE_CONTROL = 0x3A
 LEPUBKEYHASH = (0x8C, 0x8D, 0x8E, 0x8F)
-
-
-
-@functools.cache
-def _key() -> rsa.RSAPrivateKey:
-    return key_a()
-
-
-@functools.cache
-def _sigstruct(mrenclave: bytes) -> bytes:
-    return sign_sigstruct(
-        _key(), enclavehash=mrenclave, attributes=0, xfrm=0, attributemask=0, xfrmmask=0,
-        miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
-    )  # fmt: skip
 
 
 def decode_section(eax: int, ebx: int, ecx: int, edx: int) -> tuple[int, int, int, int]:
@@ -200,9 +184,9 @@ def test_einit_checks_the_signer_against_the_written_hash() -> None:
     kit = LeafKit(epc_size=16 * 4096, cpus=1)
     encl, secs = build(kit, 0x1000_0000)
     assert secs.measurement is not None
-    sig = _sigstruct(secs.measurement.final())
+    sig = plain_sigstruct(secs.measurement.final())
     assert kit.einit(encl, sig) == SgxError.SGX_INVALID_EINITTOKEN
-    kit.set_lepubkeyhash(mrsigner_of_key(_key()))
+    kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
     assert kit.einit(encl, sig) == 0
 
 
@@ -268,8 +252,8 @@ def build(kit: LeafKit, base: int, *, nssa: int = 1) -> tuple[Enclave, SecsState
 def initialized(kit: LeafKit, base: int, *, nssa: int = 1) -> tuple[Enclave, SecsState]:
     encl, secs = build(kit, base, nssa=nssa)
     assert secs.measurement is not None
-    kit.set_lepubkeyhash(mrsigner_of_key(_key()))
-    assert kit.einit(encl, _sigstruct(secs.measurement.final())) == 0
+    kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
+    assert kit.einit(encl, plain_sigstruct(secs.measurement.final())) == 0
     return encl, secs
 
 
@@ -421,8 +405,8 @@ def test_several_lps_inside_one_enclave_on_different_tcss() -> None:
     kit.eadd(encl, base + 0x8000, b"\x90" * 16, secinfo_flags(REG, R | X), measure=False)
     secs = cpu.secs_of(cpu.epc.index(encl.secs_pa))
     assert secs is not None and secs.measurement is not None
-    kit.set_lepubkeyhash(mrsigner_of_key(_key()))
-    assert kit.einit(encl, _sigstruct(secs.measurement.final())) == 0
+    kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
+    assert kit.einit(encl, plain_sigstruct(secs.measurement.final())) == 0
     regs = [kit.eenter(base + 0x1000 * i, lp=i + 1) for i in range(3)]  # LPs 1, 2, 3
     assert secs.inside == {1: 0, 2: 0, 3: 0}
     tcs_indexes = {cpu.lp(i).tcs_index for i in (1, 2, 3)}
@@ -495,7 +479,7 @@ def test_bad_epc_geometry_is_refused(size: int, sections: int) -> None:
         Processor(epc_size=size, epc_sections=sections, cpus=1)
 
 
-def test_power_cycle_loses_the_epc_and_changes_the_paging_key() -> None:
+def test_power_cycle_loses_the_epc_and_changes_the_pagingkey_a() -> None:
     kit = LeafKit(epc_size=16 * 4096, cpus=2)
     cpu = kit.cpu
     initialized(kit, 0x1000_0000)

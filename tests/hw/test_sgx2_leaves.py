@@ -7,7 +7,6 @@ and for ENCLU the registers: RIP stays on the faulting ENCLU).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 from collections.abc import Callable
@@ -30,8 +29,8 @@ from sgxemu.hw.memory import PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W
 from sgxemu.hw.regs import CF, ZF, Reg, Registers
 from sgxemu.hw.secs import SecsState
 from sgxemu.leafkit import LeafKit
-from sgxemu.sign import mrsigner_of_key, sign_sigstruct
-from testkeys import key_a
+from sgxemu.sign import mrsigner_of_key
+from testkeys import key_a, plain_sigstruct
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x08, 0x10, 0x20
@@ -91,21 +90,11 @@ def secinfo_bytes(flags: int) -> bytes:
     return struct.pack("<Q", flags) + bytes(56)
 
 
-
-
-@functools.cache
-def _key() -> Any:
-    return key_a()
-
-
 def einit(kit: LeafKit, encl: Any, secs: SecsState) -> None:
     """EINIT for real: sign the running MRENCLAVE, make the signer the launch key, initialize."""
     assert secs.measurement is not None
-    sig = sign_sigstruct(
-        _key(), enclavehash=secs.measurement.final(), attributes=0, xfrm=0, attributemask=0,
-        xfrmmask=0, miscselect=0, miscmask=0, isvprodid=0, isvsvn=0,
-    )  # fmt: skip
-    kit.set_lepubkeyhash(mrsigner_of_key(_key()))
+    sig = plain_sigstruct(secs.measurement.final())
+    kit.set_lepubkeyhash(mrsigner_of_key(key_a()))
     assert kit.einit(encl, sig) == 0
     assert secs.init
 
