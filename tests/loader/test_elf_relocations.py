@@ -8,6 +8,7 @@ the project's own encl_entry.S), built with gcc at test time.
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
 from collections.abc import Iterator
@@ -345,3 +346,40 @@ def test_cli_run_relocates_and_signs_after(elf: Path) -> None:
     d = json.loads(r.stdout)
     assert d["ops"][1]["value"] == P.MAGIC
     assert d["mrenclave"] == d["mrenclave_offline"] == measure(load_segments(elf).at_base(d["base"])).hex()
+
+
+def test_encl_build_at_a_fixed_base(elf: Path, key: rsa.RSAPrivateKey, machine: Machine) -> None:
+    """ELRANGE at a chosen base: an offline SIGSTRUCT for that base EINITs; a base already
+    mapped gives EEXIST and a misaligned one is refused before any call."""
+    image = load_segments(elf)
+    base = 0x40 * image.encl_size
+    proc = machine.spawn()
+    offline_sig = sign(image.at_base(base), key)
+    encl = encl_build(proc, image, sigstruct=offline_sig, base=base)
+    assert encl.base == base and encl.image.relocated_for == base
+    assert _einit_mrenclave(encl) == measure(image.at_base(base))
+    caller = EnclCaller(proc, encl)
+    assert caller.put_buf(P.MAGIC) == 0 and caller.get_buf() == P.MAGIC
+    with pytest.raises(OSError) as exc:
+        encl_build(proc, image, key, base=base)  # that range is the first enclave's
+    assert exc.value.errno == errno.EEXIST
+    fds_before = dict(proc.fds)
+    with pytest.raises(ValueError, match="not a multiple of the enclave size"):
+        encl_build(proc, image, key, base=base + PAGE)
+    assert proc.fds == fds_before  # refused before anything was opened or mapped
+
+
+def test_cli_sign_base_and_run_base_agree(elf: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    assert _cli("sign", "--gen-key", key_file).exit_code == 0
+    base = 0x40 * load_segments(elf).encl_size
+    signed = json.loads(_cli("sign", elf, "--key", key_file, "--out", tmp_path / "s.sig",
+                             "--base", hex(base), "--json").stdout)  # fmt: skip
+    r = _cli("run", elf, "--key", key_file, "--base", hex(base), "--op", "get", "--json")
+    assert r.exit_code == 0, r.output
+    ran = json.loads(r.stdout)
+    assert ran["base"] == base and ran["mrenclave"] == signed["mrenclave"]
+    r = _cli("run", elf, "--base", hex(base + PAGE), "--op", "get")
+    assert r.exit_code != 0 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a multiple of the enclave size" in lines[0], r.stderr

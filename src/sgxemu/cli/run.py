@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .errors import CliError, UsageLineError, emit_json, parse_size
 from .selftest import _check_kernel
-from .sign import load_image, read_key, relocations_option
+from .sign import load_image, parse_base, read_key, relocations_option
 
 if TYPE_CHECKING:
     from ..linux.load import LoadedEnclave
@@ -347,17 +347,20 @@ def _describe(r: dict[str, Any]) -> str:
 @click.option("--epc", "epc", metavar="SIZE", default="128M", show_default=True, help="EPC size of the machine.")
 @click.option("--kernel", "kernel", metavar="VARIANT", default=None, help="Driver design variant (default: merged).")
 @relocations_option
+@click.option("--base", "base_text", metavar="ADDR", default=None,
+              help="Put ELRANGE at ADDR (a multiple of the enclave size) instead of where load.c would.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(
     enclave: str, key_path: str | None, tcs: int, ops: tuple[str, ...], heap: str, epc: str,
-    kernel: str | None, relocations: str, as_json: bool,
+    kernel: str | None, relocations: str, base_text: str | None, as_json: bool,
 ) -> None:
     """Load ENCLAVE.elf (load.c rules), sign it, EINIT it, and call it with each --op.
 
     The enclave must speak the kernel selftest's protocol (the op struct's address in RDI),
     like sgxemu's test enclave. Each call prints what came back and any exception.
-    Relocations the loader applies are applied for the base the ELRANGE reservation gives,
-    and the enclave is signed after that.
+    Relocations the loader applies are applied for the base the ELRANGE reservation gives
+    (or --base), and the enclave is signed after that: with the same key and base, MRENCLAVE
+    and the SIGSTRUCT are those `sgxemu sign --base` writes.
     """
     from .. import Machine
     from ..linux.errors import Signal
@@ -372,14 +375,23 @@ def command(
     image = load_image(enclave, heap_size, relocations)
     check_ops(parsed, image, tcs)
     key = read_key(key_path) if key_path else session_key()
+    base = parse_base(base_text) if base_text is not None else None
+    if base is not None and base & (image.encl_size - 1):
+        raise UsageLineError(
+            f"--base {base:#x} is not a multiple of the enclave size {image.encl_size:#x}",
+            "SECS.BASEADDR must be naturally aligned: give an aligned --base",
+        )
     kw: dict[str, Any] = {"epc_size": epc_size, "engine": "native"}
     if kernel is not None:
         kw["kernel"] = kernel
     with Machine(**kw) as m:
         proc = m.spawn()
         try:
-            encl = encl_build(proc, image, key)  # signs once relocated for the base it picks
+            encl = encl_build(proc, image, key, base=base)  # signs once relocated for the base
         except OSError as exc:
+            if base is not None and exc.errno == errno.EEXIST:
+                raise CliError(f"--base {base:#x}: that range is already mapped in the process",
+                               "choose another --base") from exc
             raise CliError(
                 f"building {enclave} through /dev/sgx_enclave failed: {os.strerror(exc.errno or 0)}",
                 "check the ELF follows load.c's layout (first PT_LOAD: the TCS pages, RW)",

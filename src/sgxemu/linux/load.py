@@ -24,6 +24,7 @@ from ..sign import EnclaveMeasurer, sign_sigstruct
 from .mman import (
     MAP_ANONYMOUS,
     MAP_FIXED,
+    MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
     MAP_SHARED,
     PROT_EXEC,
@@ -111,6 +112,17 @@ def _rewrite_source(proc: Process, src: int, image: EnclaveImage) -> None:
     proc.mprotect(src, image.src_size, PROT_READ)
 
 
+def encl_map_area(proc: Process, size: int) -> int:
+    """load.c's encl_map_area: 2 * size of PROT_NONE, keep the naturally aligned middle."""
+    area = proc.mmap(0, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
+    base = (area + size - 1) & ~(size - 1)
+    if base > area:
+        proc.munmap(area, base - area)
+    if area + 2 * size > base + size:
+        proc.munmap(base + size, area + 2 * size - (base + size))
+    return base
+
+
 def encl_build(
     proc: Process,
     image: EnclaveImage,
@@ -119,12 +131,20 @@ def encl_build(
     sigstruct: bytes | None = None,
     map_segments: bool = True,
     attributes: int = SECS_ATTRIBUTES,
+    base: int | None = None,
 ) -> LoadedEnclave:
     """Load, build and (by default) map `image` in `proc`; OSError from the failing call.
 
-    Without `sigstruct`, `image` is signed with `key` once its pages are final (relocated for
-    the base the ELRANGE reservation gives).
+    ELRANGE goes where load.c's encl_map_area puts it, or at `base` (a multiple of the enclave
+    size; EEXIST when something is mapped there), e.g. to use a SIGSTRUCT made offline for that
+    base (`sgxemu sign --base`). Without `sigstruct`, `image` is signed with `key` once its
+    pages are final (relocated for the base).
     """
+    if base is not None and base & (image.encl_size - 1):
+        raise ValueError(
+            f"enclave base {base:#x} is not a multiple of the enclave size {image.encl_size:#x}"
+            " (SECS.BASEADDR must be naturally aligned)"
+        )
     assert sigstruct is not None or key is not None, "need a key or a ready SIGSTRUCT"
     fd = proc.open("/dev/sgx_enclave", os.O_RDWR)
     for prot in (PROT_READ, PROT_EXEC):  # load.c's probes: mmap works before CREATE
@@ -137,14 +157,11 @@ def encl_build(
     proc.mprotect(src, image.src_size, PROT_READ)
     heap = image.heap
     heap_src = proc.mmap(0, heap.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
-    # encl_map_area: 2 * size of PROT_NONE, keep the naturally aligned middle.
     size = image.encl_size
-    area = proc.mmap(0, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
-    base = (area + size - 1) & ~(size - 1)
-    if base > area:
-        proc.munmap(area, base - area)
-    if area + 2 * size > base + size:
-        proc.munmap(base + size, area + 2 * size - (base + size))
+    if base is None:
+        base = encl_map_area(proc, size)
+    else:
+        proc.mmap(base, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     relocated = image.at_base(base)
     if relocated is not image:
         _rewrite_source(proc, src, relocated)
