@@ -192,11 +192,6 @@ class UcRegisterView:
         self._fx_pending: bytes | None = None
         self._fx_exact = False
 
-    @property
-    def valid(self) -> list[bool]:
-        """Which registers `values` holds: all of them, or none."""
-        return [self.loaded] * NREGS
-
     def __getitem__(self, reg: Reg) -> int:
         if not self.loaded:
             self.load_all()

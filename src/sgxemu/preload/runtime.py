@@ -508,8 +508,7 @@ class Runtime:
         if gen != self._host_gen:
             self._host_gen = gen
             mem.invalidate()  # the host's mappings changed since they were last read
-        if not all(view.valid):
-            view.load_all()  # FS/GS bases stay the engine's (EENTER loads the enclave's)
+        view.load_all()  # FS/GS bases stay the engine's (EENTER loads the enclave's)
         view.values[0:NGPR] = _GPRS.unpack_from(ts.raw)
         view.set_all_dirty()
         if self.config.xstate:
@@ -541,8 +540,7 @@ class Runtime:
                 calls.remove(call)
             t.call = None
             m.kernel_exit(t)
-            if not all(view.valid):
-                view.load_all()  # (after EEXIT every register is already known)
+            view.load_all()  # (after EEXIT every register is already known: no read)
             _GPRS.pack_into(ts.raw, 0, *view.values[0:NGPR])
             if self.config.xstate:
                 ctypes.memmove(ts.fx, view.xsave(), 512)
