@@ -21,6 +21,12 @@ from ..arch.constants import (
     TcsFlags,
     TcsState,
 )
+from ..arch.structs import (
+    GPRSGX_OFF_AEXNOTIFY,
+    GPRSGX_OFF_FSBASE,
+    GPRSGX_OFF_RIP,
+    GPRSGX_OFF_URSP,
+)
 from .epcm import UNUSABLE, EpcmEntry
 from .faults import GeneralProtection
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
@@ -61,12 +67,6 @@ _RIP = Reg.RIP
 _FSBASE = Reg.FSBASE
 _GSBASE = Reg.GSBASE
 _tuple_new = tuple.__new__  # NamedTuple construction without its Python-level __new__
-GPRSGX_RIP = 136
-GPRSGX_URSP = 144
-GPRSGX_URBP = 152
-GPRSGX_AEXNOTIFY = 167
-GPRSGX_FSBASE = 168
-GPRSGX_GSBASE = 176
 # TCS.FLAGS bits 63:2 are reserved. (Not `~(TcsFlags...)`: inverting an IntFlag keeps only the
 # defined members' bits, so that mask would be 0.)
 _TCS_FLAGS_RESERVED = ~int(TcsFlags.DBGOPTIN | TcsFlags.AEXNOTIFY) & 0xFFFF_FFFF_FFFF_FFFF
@@ -170,8 +170,8 @@ def _check_resume_target(cpu: Processor, entry: Entry) -> None:
     """A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those."""
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
     buf = cpu.epc.buffer
-    target = U64.unpack_from(buf, gpr + GPRSGX_RIP)[0]
-    fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_FSBASE)
+    target = U64.unpack_from(buf, gpr + GPRSGX_OFF_RIP)[0]
+    fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_OFF_FSBASE)
     top = target >> 47
     fs_top = fsbase >> 47
     gs_top = gsbase >> 47
@@ -260,7 +260,7 @@ def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: b
         # AEX-Notify: TCS.FLAGS.AEXNOTIFY and bit 0 of the frame's GPRSGX.AEXNOTIFY byte make
         # ERESUME an entry into frame CSSA, which must exist and pass the same page checks.
         notify = bool(flags & _TCS_AEXNOTIFY) and bool(
-            cpu.epc.buffer[(gpr_index << PAGE_SHIFT) + gpr + GPRSGX_AEXNOTIFY] & 1
+            cpu.epc.buffer[(gpr_index << PAGE_SHIFT) + gpr + GPRSGX_OFF_AEXNOTIFY] & 1
         )
         if notify:
             if cssa >= nssa:
@@ -271,8 +271,8 @@ def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: b
         # A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those.
         gpr = (gpr_index << PAGE_SHIFT) + (gpr_lin & ~PAGE_MASK)
         buf = cpu.epc.buffer
-        target = U64.unpack_from(buf, gpr + GPRSGX_RIP)[0]
-        fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_FSBASE)
+        target = U64.unpack_from(buf, gpr + GPRSGX_OFF_RIP)[0]
+        fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_OFF_FSBASE)
     else:
         target = base + oentry
         fsbase = base + ofsbase
@@ -389,7 +389,7 @@ def enter_at_oentry(
     base = entry.secs.baseaddr
     tcs = entry.tcs
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
-    _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_URSP, values[_RSP], values[_RBP])
+    _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_OFF_URSP, values[_RSP], values[_RBP])
     values[_RCX] = (values[_RIP] + 3) & _MASK64  # the instruction after ENCLU
     values[_RAX] = tcs.cssa
     values[_RIP] = base + tcs.oentry  # (check_entry found these three canonical: < 2^64)

@@ -12,6 +12,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ...arch.constants import PAGE_SHIFT, EncluLeaf, ExitType, Miscselect, Vector
+from ...arch.structs import GPRSGX_OFF_EXITINFO, GPRSGX_OFF_FSBASE, GPRSGX_OFF_URSP, TCS_OFF_CSSA
 from ..enclave_mode import leave
 from ..regs import AF, CF, OF, PF, RF, SF, TF, ZF, Reg, RegisterFile, xsave_init_legacy
 
@@ -21,17 +22,12 @@ if TYPE_CHECKING:
     from ..processor import Processor
 
 GPR_BLOCK = struct.Struct("<18Q")  # RAX..R15, RFLAGS, RIP at GPRSGX offset 0
-GPRSGX_EXITINFO = 160
-GPRSGX_FSBASE = 168
-GPRSGX_GSBASE = 176
-GPRSGX_URSP = 144  # URSP, URBP
 XSTATE_BV_OFFSET = 512
 EXITINFO_VALID = 1 << 31
-FS_GS = struct.Struct("<QQ")  # GPRSGX.FSBASE and GSBASE, adjacent (also URSP and URBP)
+FS_GS = struct.Struct("<QQ")  # GPRSGX.FSBASE and GSBASE (also URSP and URBP): adjacent u64s
 _EXITINFO = struct.Struct("<I")
 _EXINFO = struct.Struct("<QII")  # MISC.EXINFO: MADDR, ERRCD, reserved (just below GPRSGX)
 _XSAVE_HEADER = struct.Struct("<Q56x")  # XSTATE_BV, then the rest of the header as 0
-TCS_CSSA = 24
 U32 = struct.Struct("<I")  # TCS.CSSA
 
 # Vectors whose EXITINFO is always reported; #PF/#GP only with MISCSELECT.EXINFO (SDM 40.4).
@@ -83,7 +79,7 @@ def aex(
     rflags = values[_RFLAGS]
     values[_RFLAGS] = rflags & ~TF
     GPR_BLOCK.pack_into(buf, gpr, *values[:_NSAVED])
-    FS_GS.pack_into(buf, gpr + GPRSGX_FSBASE, values[_FSBASE], values[_GSBASE])
+    FS_GS.pack_into(buf, gpr + GPRSGX_OFF_FSBASE, values[_FSBASE], values[_GSBASE])
     xsave = lp.ssa_xsave_index << PAGE_SHIFT
     buf[xsave : xsave + 512] = regs.xsave()[:512]
     _XSAVE_HEADER.pack_into(buf, xsave + XSTATE_BV_OFFSET, secs.xfrm)
@@ -101,10 +97,10 @@ def aex(
             info = exitinfo(vector, _HARDWARE)
             maddr = event.addr if vector == _PF else 0
             _EXINFO.pack_into(buf, gpr - _EXINFO_SIZE, maddr, event.error_code, 0)
-    _EXITINFO.pack_into(buf, gpr + GPRSGX_EXITINFO, info)
+    _EXITINFO.pack_into(buf, gpr + GPRSGX_OFF_EXITINFO, info)
     # Synthetic state (SDM Table 40-1), in `Reg` order; FS/GS bases as they are (leave() puts
     # the saved ones back).
-    ursp, urbp = FS_GS.unpack_from(buf, gpr + GPRSGX_URSP)
+    ursp, urbp = FS_GS.unpack_from(buf, gpr + GPRSGX_OFF_URSP)
     aep = lp.aep
     values = [
         _ERESUME, aep, 0, lp.tcs_lin, ursp, urbp, 0, 0,  # RAX RCX RDX RBX RSP RBP RSI RDI
@@ -113,6 +109,6 @@ def aex(
     ]  # fmt: skip
     regs.xrstor(synthetic)
     tcs = lp.tcs_index << PAGE_SHIFT
-    U32.pack_into(buf, tcs + TCS_CSSA, U32.unpack_from(buf, tcs + TCS_CSSA)[0] + 1)
+    U32.pack_into(buf, tcs + TCS_OFF_CSSA, U32.unpack_from(buf, tcs + TCS_OFF_CSSA)[0] + 1)
     leave(cpu, lp, values)
     regs.set_all(values)

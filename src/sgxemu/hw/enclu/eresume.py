@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...arch.constants import PAGE_SHIFT, EncluLeaf, TcsFlags
+from ...arch.structs import GPRSGX_OFF_FSBASE, TCS_OFF_CSSA
 from ..enclave_mode import check_entry, enter, enter_at_oentry
 from ..leaves import enclu_leaf
 from ..regs import AC, AF, CF, DF, ID, IF, NT, OF, PF, RF, SF, TF, VM, ZF, Reg
-from .aex import FS_GS, GPR_BLOCK, GPRSGX_FSBASE, TCS_CSSA, U32
+from .aex import FS_GS, GPR_BLOCK, U32
 
 if TYPE_CHECKING:
     from ..lp import LogicalProcessor
@@ -35,7 +36,7 @@ def eresume(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: Addre
     buf = cpu.epc.buffer
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
     saved = GPR_BLOCK.unpack_from(buf, gpr)
-    fsbase, gsbase = FS_GS.unpack_from(buf, gpr + GPRSGX_FSBASE)
+    fsbase, gsbase = FS_GS.unpack_from(buf, gpr + GPRSGX_OFF_FSBASE)
     xsave = entry.xsave_index << PAGE_SHIFT
     legacy = buf[xsave : xsave + 512]
     enter(cpu, lp, values, entry)
@@ -50,4 +51,4 @@ def eresume(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: Addre
     # Every register comes from the frame: RAX..R15, the RFLAGS above, RIP, FS/GS bases.
     regs.set_all((*saved[:_RFLAGS], restored, saved[_RIP], fsbase, gsbase))
     tcs = entry.tcs_index << PAGE_SHIFT
-    U32.pack_into(buf, tcs + TCS_CSSA, entry.tcs.cssa - 1)
+    U32.pack_into(buf, tcs + TCS_OFF_CSSA, entry.tcs.cssa - 1)
