@@ -81,11 +81,8 @@ class Encls:
         self.mem.write(_SECINFO, secinfo_raw)
         return self._leaf(EnclsLeaf.EADD, self._pageinfo(addr, _CONTENTS, _SECINFO, secs), epc)
 
-    def eextend(self, secs: int, addr: int) -> int:
-        return self._leaf(EnclsLeaf.EEXTEND, secs, addr)
-
     def eextend_page(self, secs: int, page: int) -> int:
-        """The 16 EEXTENDs of sgx_encl_extend; the first failure's outcome, else 0."""
+        """The 16 __eextend calls of sgx_encl_extend; the first failure's outcome, else 0."""
         try:
             self.cpu.encls_eextend_page(secs, page, mem=self.mem)
         except SgxFault as fault:
