@@ -1047,6 +1047,31 @@ def test_native_code_rewritten_by_the_model_is_retranslated(mini: Mini) -> None:
     assert gprsgx(w, BASE + M_SSA1)["RIP"] == t_nop + 1
 
 
+def test_native_unchanged_entry_reads_no_page_table_but_compares_code(mini: Mini) -> None:
+    """Neither the EPCM nor a PTE changed since the last entry: the entry checks (EENTER's and
+    the engine's page re-check) read no PTE, yet code rewritten in the EPC is still seen, and
+    an EPCM change is read again."""
+    w = mini.w
+    eng = w.engine()
+    for _ in range(3):
+        assert run_mini(mini, eng, "nop").kind is ExitKind.EEXIT
+    walked: list[int] = []
+    translate = w.umem.translate
+    w.umem.translate = lambda lin: (walked.append(lin), translate(lin))[1]  # type: ignore[method-assign]
+    try:
+        assert run_mini(mini, eng, "nop").kind is ExitKind.EEXIT
+        assert walked == []
+        table = jump_table(w)
+        t_nop = table + struct.unpack("<i", w.epc_read(table + 4 * T["nop"], 4))[0]
+        w.cpu.epc.write(w.index(t_nop), t_nop & 0xFFF, b"\xcc")  # no version counts this
+        ex = run_mini(mini, eng, "nop")
+        assert ex.event is not None and ex.event.vector == Vector.BP
+        assert gprsgx(w, BASE + M_SSA1)["RIP"] == t_nop + 1
+        assert walked  # the code change made the re-check fail: Unicorn's TLB was refilled
+    finally:
+        del w.umem.translate
+
+
 def test_native_fetch_faults_are_exact(mini: Mini) -> None:
     w = mini.w
     eng = w.engine()
@@ -1186,11 +1211,12 @@ def test_native_entry_check_notices_a_new_grant(mini: Mini) -> None:
     r[Reg.RAX], r[Reg.RBX], r[Reg.RCX], r[Reg.RIP] = EncluLeaf.EENTER, mini.tcs1, AEP, HOST_RIP
     r[Reg.RDI], r[Reg.RSI], r[Reg.RSP] = UBUF, T["store_p"], USTACK + 0x3000
     w.cpu.enclu(eng.lp, r, w.umem)  # inside, before the engine's entry check
-    eng._granted[vpn] = (held[0], held[1])  # the same grant, refilled: checked again, kept
-    assert eng._revalidate() and eng._fills[vpn][4] is eng._granted[vpn]
-    eng._granted[vpn] = (held[0], held[1] | 4)  # executable now: P was never scanned
+    # Each made-up grant is recorded as _on_fill records one (it drops `_clean`).
+    eng._granted[vpn], eng._clean = (held[0], held[1]), None  # the same grant, refilled
+    assert eng._revalidate() and eng._fills[vpn][4] is eng._granted[vpn]  # checked again, kept
+    eng._granted[vpn], eng._clean = (held[0], held[1] | 4), None  # executable: never scanned
     assert not eng._revalidate()
-    eng._granted[vpn] = (held[0] + 0x1000, held[1])  # another frame than the EPCM's
+    eng._granted[vpn], eng._clean = (held[0] + 0x1000, held[1]), None  # not the EPCM's frame
     assert not eng._revalidate()
     eng._flush_tlb_now()  # (Unicorn never held these made-up grants)
     assert eng.run().kind is ExitKind.EEXIT

@@ -920,6 +920,31 @@ def test_a_repeated_entry_uses_the_memo(w: World, monkeypatch: pytest.MonkeyPatc
     assert full == []
 
 
+def test_an_unchanged_memoized_entry_reads_no_pte(w: World) -> None:
+    """While neither the EPCM nor the page table changed since the memo last held, the memo
+    reads no PTE (their A bits are set already); after any change it reads them again."""
+    warm_entries(w)
+    leave_to_host(w, enter(w, tcs=1))  # (the first entry wrote TCS.AEP: the memo is renewed)
+    code = w.cpu.epcm[w.index_of(CODE)]
+    walked: list[int] = []
+    translate = w.umem.translate
+    w.umem.translate = lambda lin: (walked.append(lin), translate(lin))[1]  # type: ignore[method-assign]
+    try:
+        leave_to_host(w, enter(w, tcs=1))
+        assert walked == []
+        code.perms = R | X  # the same value, but a change
+        leave_to_host(w, enter(w, tcs=1))
+        assert walked[0] == tcs_at(1) and ssa_page(1, 0, 0) in walked
+        walked.clear()
+        leave_to_host(w, enter(w, tcs=1))  # (stamped again by the last entry)
+        assert walked == []
+        w.umem.set_pte(DATA, None)
+        leave_to_host(w, enter(w, tcs=1))
+        assert walked
+    finally:
+        del w.umem.translate
+
+
 def _epcm_copy(w: World, lin: int, **fields: Any) -> None:
     """Replace the EPCM entry of `lin` by a new object, with `fields` changed."""
     from sgxemu.hw.epcm import EpcmEntry

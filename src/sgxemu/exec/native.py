@@ -86,7 +86,7 @@ from ..hw.faults import (
     SgxUsageError,
 )
 from ..hw.lp import LogicalProcessor
-from ..hw.memory import PTE_ADDR_MASK, AddressSpace
+from ..hw.memory import PTE_ADDR_MASK, AddressSpace, page_table_of
 from ..hw.operands import canonical
 from ..hw.processor import Processor
 from ..hw.regs import Reg, RegisterFile, xsave_init_legacy
@@ -234,6 +234,13 @@ class NativeEngine:
         self._fills: dict[int, tuple[int, EpcmEntry | None, tuple[Any, ...], tuple[int, int],
                                      tuple[int, int] | None]] = {}
         self._fills_secs: tuple[Any, ...] = ()
+        # The last _revalidate that passed: (EPCM version, page-table version, SECS fields),
+        # the lp.tlb entries it made and the code pages it compared ((EPC offset, content));
+        # None once Unicorn's TLB changed (a grant, a flush). See _revalidate.
+        self._page_table = page_table_of(mem)
+        self._clean: tuple[Any, ...] | None = None
+        self._clean_hits: dict[int, tuple[int, int]] = {}
+        self._clean_code: list[tuple[int, bytes]] = []
         self._counting = True  # the start-up runs armed Unicorn's count hook
         self._maint = False
         self._until = 0
@@ -463,6 +470,7 @@ class NativeEngine:
         self._tlb_stale = False
         self._granted.clear()
         self._fills.clear()
+        self._clean = None
         _LIB.uc_ctl(self._hv, _CTL_TLB_FLUSH)
 
     def _entry_flush(self) -> None:
@@ -492,16 +500,31 @@ class NativeEngine:
     def _revalidate(self) -> bool:
         lp, cpu = self.lp, self.cpu
         tlb = lp.tlb
+        secs = lp.secs
+        assert secs is not None
+        table = self._page_table
+        buf = cpu.epc.buffer
+        # Nothing changed at all since the last pass (no EPCM entry, no PTE, no grant: every
+        # grant goes through _on_fill, which drops _clean): every page would be found as then. Only code content is compared again (EPC bytes
+        # change without a version: a store by another engine, a leaf, a direct write).
+        clean = self._clean
+        if (
+            clean is not None
+            and table is not None
+            and not tlb
+            and clean == (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
+        ):
+            tlb.update(self._clean_hits)
+            return all(buf[off : off + PAGE_SIZE] == c for off, c in self._clean_code)
+        self._clean = None
         epcm_get = cpu.epcm.get
         translate = self.mem.translate
         fills = self._fills
-        secs = lp.secs
-        assert secs is not None
         if self._fills_secs != (secs, secs.baseaddr, secs.size):
             fills.clear()
             self._fills_secs = (secs, secs.baseaddr, secs.size)
-        buf = cpu.epc.buffer
         scanned = self._scanned
+        code: list[tuple[int, bytes]] = []
         for vpn, held in self._granted.items():
             last = fills.get(vpn)
             # The usual case: the fill inputs are as recorded, and the record was checked
@@ -527,8 +550,16 @@ class NativeEngine:
                     off = index << PAGE_SHIFT
                     if cached is None or cached[1] != buf[off : off + PAGE_SIZE]:
                         return False
+                    code.append((off, cached[1]))
             elif not self._revalidate_page(vpn, held):
                 return False
+            elif held[1] & EXECUTE:
+                index = tlb[vpn][0]
+                code.append((index << PAGE_SHIFT, self._scanned[index][1]))
+        if table is not None:
+            self._clean = (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
+            self._clean_hits = {vpn: tlb[vpn] for vpn in self._granted}
+            self._clean_code = code
         return True
 
     def _revalidate_page(self, vpn: int, held: tuple[int, int]) -> bool:
@@ -638,6 +669,7 @@ class NativeEngine:
                 perms = rights & (READ | WRITE)
             _set_entry(entry, pa, perms)
             self._granted[vpn] = (pa, perms)
+            self._clean = None
             return True
         except SgxFault as fault:
             self._fault = _event(fault)
@@ -684,9 +716,10 @@ class NativeEngine:
                 self._stop = _STOP_HELD
                 return False
             if not self.lp.enclave_mode:
-                self._stop = _STOP_EEXIT  # EEXIT: the new RIP etc. stay in the view
-                _LIB.uc_emu_stop(self._hv)
-                return True
+                # EEXIT: the new RIP etc. stay in the view. Unicorn stops as for an unhandled
+                # #UD (cheaper than uc_emu_stop); the next run starts from the view anyway.
+                self._stop = _STOP_EEXIT
+                return False
             regs[_RIP] = rip + i + 3
             regs.sync()
             return True

@@ -29,6 +29,7 @@ from ..arch.structs import (
 )
 from .epcm import UNUSABLE, EpcmEntry
 from .faults import GeneralProtection
+from .memory import PageTable, page_table_of
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
 from .regs import TF, Reg
 
@@ -103,19 +104,39 @@ def read_tcs(cpu: Processor, index: int) -> Tcs:
     return _tuple_new(Tcs, TCS_FIELDS.unpack_from(cpu.epc.buffer, index << PAGE_SHIFT))
 
 
-class EntryCheck(NamedTuple):
+class EntryCheck:
     """What a passed entry check read, besides the registers and the SSA contents: the PTE of
     the TCS, its EPCM entry (the object and the fields checked), TCS bytes 0..71, the SECS
     fields used, and for each SSA page checked its linear address, PTE, EPC index, EPCM entry
-    and fields."""
+    and fields. `page_table` and `stamp`: the address space's `PageTable` (None: it has none)
+    and (EPCM version, page-table version) when all of that was last found as recorded."""
 
-    tcs_pte: int
-    tcs_epcm: EpcmEntry
-    tcs_fields: tuple[Any, ...]
-    tcs_raw: bytes
-    secs_fields: tuple[int, int, int]
-    ssa: tuple[tuple[int, int, int, EpcmEntry, tuple[Any, ...]], ...]
-    entry: Entry
+    __slots__ = (
+        "tcs_pte", "tcs_epcm", "tcs_fields", "tcs_raw", "secs_fields", "ssa", "entry",
+        "page_table", "stamp",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        tcs_pte: int,
+        tcs_epcm: EpcmEntry,
+        tcs_fields: tuple[Any, ...],
+        tcs_raw: bytes,
+        secs_fields: tuple[int, int, int],
+        ssa: tuple[tuple[int, int, int, EpcmEntry, tuple[Any, ...]], ...],
+        entry: Entry,
+        page_table: PageTable | None,
+        stamp: tuple[int, int],
+    ) -> None:
+        self.tcs_pte = tcs_pte
+        self.tcs_epcm = tcs_epcm
+        self.tcs_fields = tcs_fields
+        self.tcs_raw = tcs_raw
+        self.secs_fields = secs_fields
+        self.ssa = ssa
+        self.entry = entry
+        self.page_table = page_table
+        self.stamp = stamp
 
 
 def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
@@ -127,6 +148,9 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
     only ERESUME's checks of the saved RIP and FS/GS bases (SSA contents) run. The memo reads
     in the checks' own order and gives up at the first difference, so a PTE is read (its A bit
     set) only where the full check would read it; the full check then runs from the start.
+    When neither the EPCM nor the page table changed at all since the memo last held
+    (`EntryCheck.stamp`), the PTEs and EPCM entries it names are as recorded without reading
+    them (the walks that set their A bits happened before).
     """
     memo = cpu.entry_checks.get((values[_RBX], resume))
     if memo is not None:
@@ -140,29 +164,45 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
 
 def _recheck(cpu: Processor, values: list[int], mem: AddressSpace, memo: EntryCheck) -> Entry | None:
     """The memoized Entry when every input of the checks is as recorded, else None."""
-    translate = mem.translate
-    if translate(values[_RBX]) != memo.tcs_pte:
-        return None
-    top = values[_RCX] >> 47
-    if top and top != CANONICAL_HIGH:
-        return None
-    entry = memo.entry
-    epcm_get = cpu.epcm.get
-    e = memo.tcs_epcm
-    if epcm_get(entry.tcs_index) is not e or (e.state, e.linaddr, e.pt, e.secs) != memo.tcs_fields:
-        return None
+    table = memo.page_table
+    epcm = cpu.epcm
+    if (
+        table is not None
+        and memo.stamp == (epcm.version, table.version)
+        and getattr(mem, "page_table", None) is table
+    ):
+        top = values[_RCX] >> 47
+        if top and top != CANONICAL_HIGH:
+            return None
+        entry = memo.entry
+    else:
+        translate = mem.translate
+        if translate(values[_RBX]) != memo.tcs_pte:
+            return None
+        top = values[_RCX] >> 47
+        if top and top != CANONICAL_HIGH:
+            return None
+        entry = memo.entry
+        epcm_get = epcm.get
+        e = memo.tcs_epcm
+        if epcm_get(entry.tcs_index) is not e or (
+            (e.state, e.linaddr, e.pt, e.secs) != memo.tcs_fields
+        ):
+            return None
+        for lin, pte, index, e, fields in memo.ssa:
+            if translate(lin) != pte:
+                return None
+            # (The same PTE names the same EPC page `index`.)
+            if epcm_get(index) is not e or (e.state, e.linaddr, e.pt, e.secs, e.perms) != fields:
+                return None
+        if getattr(mem, "page_table", None) is table is not None:
+            memo.stamp = (epcm.version, table.version)  # (the PTEs and entries, as recorded)
     off = entry.tcs_index << PAGE_SHIFT
     if cpu.epc.buffer[off : off + _TCS_SIZE] != memo.tcs_raw:
         return None
     secs = entry.secs
     if (secs.attributes, secs.baseaddr, secs.ssaframesize) != memo.secs_fields:
         return None
-    for lin, pte, index, e, fields in memo.ssa:
-        if translate(lin) != pte:
-            return None
-        # (The same PTE names the same EPC page `index`.)
-        if epcm_get(index) is not e or (e.state, e.linaddr, e.pt, e.secs, e.perms) != fields:
-            return None
     return entry
 
 
@@ -205,6 +245,7 @@ def _record(
         fields = (s.state, s.linaddr, s.pt, s.secs, s.perms)
         ssa.append((lin, translate(lin), index, s, fields))
     off = entry.tcs_index << PAGE_SHIFT
+    table = page_table_of(mem)
     cpu.entry_checks[(tcs_lin, resume)] = EntryCheck(
         translate(tcs_lin),
         e,
@@ -213,6 +254,8 @@ def _record(
         (secs.attributes, secs.baseaddr, secs.ssaframesize),
         tuple(ssa),
         entry,
+        table,
+        (epcm.version, table.version if table is not None else -1),
     )
 
 

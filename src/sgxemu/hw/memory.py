@@ -8,7 +8,7 @@ SDM's: P, R/W, U/S, XD and the physical frame.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..arch.constants import PAGE_MASK, PAGE_SIZE
 
@@ -23,8 +23,60 @@ _OFFSET_MASK = PAGE_SIZE - 1
 _FRAME_LIMIT = PTE_ADDR_MASK + PAGE_SIZE  # 2^52: the first page a PTE cannot name
 
 
+class PageTable(dict[int, int]):
+    """Page -> PTE, counting its changes in `version`.
+
+    An address space whose `translate` reads only such a table (and constants) offers it as
+    `page_table`: a check that read PTEs then knows none changed since by comparing versions
+    (the entry-check memo, the native engine's TLB re-check at entry). Every mutation counts,
+    even one that stores the same value.
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    def __setitem__(self, key: int, value: int) -> None:
+        self.version += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: int) -> None:
+        self.version += 1
+        dict.__delitem__(self, key)
+
+    def pop(self, key: int, *default: Any) -> Any:
+        self.version += 1
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[int, int]:
+        self.version += 1
+        return dict.popitem(self)
+
+    def setdefault(self, key: int, default: int = 0) -> int:
+        self.version += 1
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: int) -> None:
+        self.version += 1
+        dict.update(self, *args, **kwargs)
+
+    def __ior__(self, other: Any) -> PageTable:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        self.version += 1
+        dict.clear(self)
+
+
 class AddressSpace(Protocol):
-    """The page tables and non-EPC memory seen by one logical processor."""
+    """The page tables and non-EPC memory seen by one logical processor.
+
+    Optionally `page_table`: a `PageTable` holding every entry `translate` can return other
+    than constants (see `page_table_of`).
+    """
 
     def translate(self, lin: int) -> int:
         """The PTE mapping the page of `lin` (0 when not present)."""
@@ -37,6 +89,12 @@ class AddressSpace(Protocol):
     def write(self, lin: int, data: bytes) -> None:
         """Write non-EPC memory at a linear address (the caller has checked the PTE)."""
         ...
+
+
+def page_table_of(mem: object) -> PageTable | None:
+    """The `PageTable` behind `mem.translate`, or None when it has none to offer."""
+    table = getattr(mem, "page_table", None)
+    return table if isinstance(table, PageTable) else None
 
 
 class FlatMemory:
@@ -55,8 +113,8 @@ class FlatMemory:
         # so a read copies the bytes once and a write stores them once.
         self._pages: dict[int, memoryview] = {}
         # Page -> PTE where `set_pte` changed the default (read-only outside this class: the
-        # leaves skip the walk while it is empty).
-        self.overrides: dict[int, int] = {}
+        # leaves skip the walk while it is empty). Every other entry is a constant.
+        self.overrides = self.page_table = PageTable()
         self._direct_overrides = 0  # how many overrides lie in [epc_base, epc_end)
         self._set_direct()
 

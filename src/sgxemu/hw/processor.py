@@ -29,7 +29,7 @@ from ..arch.constants import (
 )
 from .encls.eextend import eextend_page
 from .epc import EPC_BASE, SCRUB_BATCH, Epc
-from .epcm import EpcmEntry
+from .epcm import Epcm
 from .faults import GeneralProtection, InvalidOpcode, SgxUsageError
 from .leaves import CF_CODES, ENCLS_LEAVES, ENCLU_LEAVES, SGX2_ENCLS, SGX2_ENCLU, load_all
 from .lp import LogicalProcessor
@@ -94,7 +94,7 @@ class Processor:
         self.sgx2 = config.sgx2
         self.flc = config.flc
         self.epc = Epc(config.epc_size, config.epc_sections, EPC_BASE)
-        self.epcm: dict[int, EpcmEntry] = {}
+        self.epcm = Epcm()
         self.lps = [LogicalProcessor(i) for i in range(config.cpus)]
         self.feature_control = FEATURE_CONTROL_LOCK | FEATURE_CONTROL_SGX_ENABLE | (
             FEATURE_CONTROL_SGX_LC if config.flc else 0

@@ -16,7 +16,7 @@ import mmap
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..hw.epc import MAP_NORESERVE
-from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD
+from ..hw.memory import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_U, PTE_W, PTE_XD, PageTable
 from .mman import PROT_EXEC, PROT_READ, PROT_WRITE
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
@@ -50,7 +50,7 @@ class UserMemory:
         self.arena_size = arena_size
         self._free_frames: list[int] = []
         self._next_frame = 0
-        self.ptes: dict[int, int] = {}  # linear page number -> PTE
+        self.ptes = self.page_table = PageTable()  # linear page number -> PTE
         self.frames: dict[int, int] = {}  # linear page number -> arena offset (anonymous pages)
 
     # -- frames ----------------------------------------------------------------------------------

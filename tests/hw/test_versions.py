@@ -1,0 +1,115 @@
+"""The change counters the entry checks rely on: `Epcm.version` and `PageTable.version`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sgxemu.arch.constants import PageType
+from sgxemu.hw.epcm import Epcm, EpcmEntry
+from sgxemu.hw.memory import FlatMemory, PageTable, page_table_of
+from sgxemu.linux.usermem import UserMemory
+
+
+def _entry() -> EpcmEntry:
+    return EpcmEntry(PageType.PT_REG, None, 0x1000, 3)
+
+
+PAGE_TABLE_CHANGES: list[tuple[str, Callable[[PageTable], Any]]] = [
+    ("setitem", lambda t: t.__setitem__(1, 7)),
+    ("setitem-same-value", lambda t: t.__setitem__(0, 5)),
+    ("delitem", lambda t: t.__delitem__(0)),
+    ("pop", lambda t: t.pop(0)),
+    ("pop-absent", lambda t: t.pop(9, None)),
+    ("popitem", lambda t: t.popitem()),
+    ("setdefault", lambda t: t.setdefault(2, 1)),
+    ("update", lambda t: t.update({3: 1})),
+    ("ior", lambda t: t.__ior__({3: 1})),
+    ("clear", lambda t: t.clear()),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), PAGE_TABLE_CHANGES, ids=[c[0] for c in PAGE_TABLE_CHANGES])
+def test_every_page_table_mutation_counts(case: str, change: Callable[[PageTable], Any]) -> None:
+    table = PageTable()
+    dict.__setitem__(table, 0, 5)
+    change(table)
+    assert table.version == 1
+
+
+def test_page_table_reads_do_not_count() -> None:
+    table = PageTable()
+    table[0] = 5
+    assert (table.get(0), table[0], 0 in table, list(table), len(table)) == (5, 5, True, [0], 1)
+    assert table.version == 1
+
+
+def test_address_spaces_offer_their_page_table() -> None:
+    flat = FlatMemory(0x8000_0000, 0x8010_0000)
+    assert page_table_of(flat) is flat.overrides
+    flat.set_pte(0x1000, 0)
+    assert flat.overrides.version == 1
+    umem = UserMemory(arena_size=1 << 20)
+    assert page_table_of(umem) is umem.ptes
+    umem.map_anonymous(0x10000, 0x1000, 3)
+    before = umem.ptes.version
+    umem.translate(0x10000)  # the walk sets the accessed bit: a change
+    assert umem.ptes.version == before + 1
+    umem.translate(0x10000)  # nothing left to set
+    assert umem.ptes.version == before + 1
+    umem.close()
+    assert page_table_of(object()) is None
+
+
+EPCM_CHANGES: list[tuple[str, Callable[[Epcm, EpcmEntry], Any]]] = [
+    ("add", lambda m, e: m.__setitem__(2, _entry())),
+    ("replace", lambda m, e: m.__setitem__(1, _entry())),
+    ("delete", lambda m, e: m.__delitem__(1)),
+    ("pop", lambda m, e: m.pop(1)),
+    ("popitem", lambda m, e: m.popitem()),
+    ("setdefault-new", lambda m, e: m.setdefault(2, _entry())),
+    ("update", lambda m, e: m.update({2: _entry()})),
+    ("clear", lambda m, e: m.clear()),
+    ("perms", lambda m, e: setattr(e, "perms", 1)),
+    ("state", lambda m, e: setattr(e, "state", 8)),
+    ("pt", lambda m, e: setattr(e, "pt", PageType.PT_TRIM)),
+    ("secs", lambda m, e: setattr(e, "secs", None)),
+    ("linaddr", lambda m, e: setattr(e, "linaddr", 0)),
+    ("epoch", lambda m, e: setattr(e, "epoch", 4)),
+    ("flag-property", lambda m, e: setattr(e, "blocked", True)),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), EPCM_CHANGES, ids=[c[0] for c in EPCM_CHANGES])
+def test_every_epcm_change_counts(case: str, change: Callable[[Epcm, EpcmEntry], Any]) -> None:
+    epcm = Epcm()
+    e = epcm[1] = _entry()
+    before = epcm.version
+    change(epcm, e)
+    assert epcm.version > before
+
+
+def test_epcm_counts_only_entries_it_holds() -> None:
+    epcm = Epcm()
+    loose = _entry()
+    loose.state = 1  # not in any EPCM yet
+    assert epcm.version == 0
+    epcm[1] = loose
+    replaced = _entry()
+    epcm[2] = replaced
+    epcm[2] = _entry()
+    del epcm[1]
+    v = epcm.version
+    loose.perms = 0  # removed, and replaced: neither is the EPCM's any more
+    replaced.perms = 0
+    assert epcm.version == v
+    assert epcm.get(1) is None and epcm.setdefault(2) is epcm[2] and epcm.version == v
+    epcm[2].perms = 1
+    assert epcm.version == v + 1
+
+
+def test_a_new_entry_has_its_fields() -> None:
+    e = EpcmEntry(PageType.PT_TCS, None, 0x5000, 0xF)
+    assert (e.pt, e.perms, e.state, e.secs, e.linaddr, e.epoch) == (PageType.PT_TCS, 7, 0, None, 0x5000, -1)
