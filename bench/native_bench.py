@@ -83,14 +83,15 @@ def eenter_eexit_us(quick: bool = False) -> float:
     regs = eng.regs
     enclu, run = cpu.enclu, eng.run
     eenter = EncluLeaf.EENTER
+    rax, rbx, rcx, rip, rdi, rsp = Reg.RAX, Reg.RBX, Reg.RCX, Reg.RIP, Reg.RDI, Reg.RSP
 
     def once() -> None:
-        regs[Reg.RAX] = eenter
-        regs[Reg.RBX] = BASE
-        regs[Reg.RCX] = AEP
-        regs[Reg.RIP] = HOST_RIP
-        regs[Reg.RDI] = UBUF
-        regs[Reg.RSP] = UBUF + 0x8000
+        regs[rax] = eenter
+        regs[rbx] = BASE
+        regs[rcx] = AEP
+        regs[rip] = HOST_RIP
+        regs[rdi] = UBUF
+        regs[rsp] = UBUF + 0x8000
         enclu(lp, regs, umem)
         run()
 

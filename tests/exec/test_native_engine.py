@@ -742,6 +742,23 @@ def test_native_de_then_gp_is_not_a_double_fault(mini: Mini) -> None:
     assert cssa(w, mini.tcs1) == 2
 
 
+def test_native_leaf_fault_then_cpu_fault_is_not_a_double_fault(mini: Mini) -> None:
+    """A leaf's fault stops Unicorn at its #UD, which QEMU's #DF bookkeeping does not record:
+    a CPU exception after it is itself, and the interrupted x87/SSE state is saved."""
+    w = mini.w
+    eng = w.engine()
+    w.umem.write(UBUF + 0x3000, struct.pack("<QQ", secinfo_flags(REG_T, R, PR), BASE + M_P + 8))
+    ex = eenter(w, eng, mini.tcs1, UBUF + 0x3000, T["eaccept"])  # RCX not page-aligned
+    assert ex.event is not None and ex.event.vector == Vector.GP
+    g = gprsgx(w, BASE + M_SSA1)
+    assert w.epc_read(g["RIP"], 3) == b"\x0f\x01\xd7"
+    fcw, mxcsr = struct.unpack_from("<H22xI", w.epc_read(BASE + M_SSA1, 28))  # its XSAVE area
+    assert (fcw, mxcsr) == (0x37F, 0x1F80)
+    ex = run_mini(mini, eng, "div0")  # EENTER into frame 1 (NSSA = 2)
+    assert ex.event is not None and ex.event.vector == Vector.DE
+    assert cssa(w, mini.tcs1) == 2
+
+
 def test_native_nested_ssa_frames(mini: Mini, mini_code: bytes) -> None:
     """A fault, an EENTER into frame 1 that reads frame 0, then ERESUME of frame 0."""
     w = mini.w

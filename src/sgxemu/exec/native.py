@@ -118,6 +118,9 @@ def _ctl_code(ctl: int, op: int, nargs: int = 0) -> int:
     return (op << 30) | (nargs << 26) | ctl
 
 
+# uc_emu_start without a prototype (arguments passed as C objects), releasing the GIL as the
+# binding does.
+_EMU_START = ctypes.CDLL(uclib._name).uc_emu_start
 _CTL_TLB_FLUSH = _ctl_code(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 _CTL_TB_FLUSH = _ctl_code(UC_CTL_TB_FLUSH, UC_CTL_IO_WRITE)
 _UC_ERR_EXCEPTION = 21
@@ -199,6 +202,9 @@ class NativeEngine:
         _check(uclib.uc_ctl(handle, _ctl_code(UC_CTL_TLB_TYPE, UC_CTL_IO_WRITE, 1),
                             ctypes.c_int(UC_TLB_VIRTUAL)), "virtual TLB")  # fmt: skip
         self._raw = RawRegs(handle)
+        # uc_emu_start's arguments as C objects, updated in place (no per-call conversion).
+        self._emu_args = (handle, ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64(0),
+                          ctypes.c_size_t())  # fmt: skip
         self._hv = self._raw.handle  # the handle as a plain pointer for prototype-less calls
         self._regs = UcRegisterView(self._raw)
         self._sweeper = Sweeper(sgx2=cpu.sgx2)
@@ -305,7 +311,13 @@ class NativeEngine:
                 self._switch_counting(count > 0)
                 regs[_RIP] = rip
                 regs.sync()
-            status = uclib.uc_emu_start(self._h, rip, self._until, 0, count)
+            args = self._emu_args
+            args[1].value = rip
+            args[2].value = self._until
+            args[4].value = count
+            status = _EMU_START(*args)
+            if self._stop == _STOP_EEXIT and not count and not self._until:
+                return _EEXIT  # the common exit, with nothing to account for (see below)
             # Unicorn's counter matters only to a counted run (see _retired).
             started = self._counter.value if count and self._counter is not None else 0
             if not self._stop:
@@ -342,7 +354,7 @@ class NativeEngine:
                         continue
                     fault = self._fault
                 assert fault is not None
-                return self._deliver(fault, self._fault_rip, retired)
+                return self._deliver(fault, self._fault_rip, retired, self._stop == _STOP_HELD)
             if status == UC_ERR_OK:
                 return EngineExit(ExitKind.SLICE, None, retired)
             raise RuntimeError(
@@ -490,7 +502,9 @@ class NativeEngine:
         the accessed bit as the walk would) and, for an EPC page, the EPCM entry (the same
         object, with the same SECS, linear address, type, state and permissions). When all are
         equal, a fill would give the recorded (index, rights) again, and that is what goes into
-        `lp.tlb`. The code-page content check stays as it is.
+        `lp.tlb`. The code-page content check stays as it is. And when neither the EPCM nor
+        the page table changed at all (their versions) and Unicorn was given no new page since
+        the last pass (`_clean`), only the code pages are compared.
         """
         self._tlb_stale = False
         granted = self._granted
@@ -505,8 +519,9 @@ class NativeEngine:
         table = self._page_table
         buf = cpu.epc.buffer
         # Nothing changed at all since the last pass (no EPCM entry, no PTE, no grant: every
-        # grant goes through _on_fill, which drops _clean): every page would be found as then. Only code content is compared again (EPC bytes
-        # change without a version: a store by another engine, a leaf, a direct write).
+        # grant goes through _on_fill, which drops _clean): every page would be found as then.
+        # Only code content is compared again (EPC bytes change without a version: a store by
+        # another engine, a leaf, a direct write).
         clean = self._clean
         if (
             clean is not None
@@ -515,7 +530,10 @@ class NativeEngine:
             and clean == (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
         ):
             tlb.update(self._clean_hits)
-            return all(buf[off : off + PAGE_SIZE] == c for off, c in self._clean_code)
+            for off, content in self._clean_code:  # noqa: SIM110 (a loop: cheaper than all())
+                if buf[off : off + PAGE_SIZE] != content:
+                    return False
+            return True
         self._clean = None
         epcm_get = cpu.epcm.get
         translate = self.mem.translate
@@ -688,7 +706,9 @@ class NativeEngine:
             regs.forget()
             regs.load_all()  # one batch: the leaf reads several registers
             rip = regs.values[_RIP]
-            code = self._code_bytes(rip, MAX_INSN)
+            code = self._code_bytes(rip, 3)  # ENCLU without prefixes, usually
+            if code != _ENCLU:
+                code = self._code_bytes(rip, MAX_INSN)
             i = 0
             while code[:3] != _ENCLU and (
                 i < len(code)
@@ -963,20 +983,26 @@ class NativeEngine:
             pos += size
         return rip + pos
 
-    def _deliver(self, fault: SgxFault, rip: int | None, retired: int) -> EngineExit:
-        """AEX for `fault` with RIP at `rip` (default: the current RIP)."""
+    def _deliver(
+        self, fault: SgxFault, rip: int | None, retired: int, held: bool = False
+    ) -> EngineExit:
+        """AEX for `fault` with RIP at `rip` (default: the current RIP). `held`: the ENCLU hook
+        stopped the run (a leaf's fault, or #UD): QEMU itself raised only #UD."""
         regs = self._regs
         regs.load_all()
         if rip is not None:
             regs[_RIP] = rip
-        legacy = regs.xsave()
-        # Reset QEMU's exception bookkeeping (old_exception) by restoring the start-up CPU
-        # state, then write every register back: Unicorn never delivered the exception. The
-        # x87/SSE registers now hold the start-up state; the architectural one is still
-        # `legacy` (the view writes it before code runs again, unless an xrstor replaces it).
-        _check(_LIB.uc_context_restore(self._hv, self._ctx), "context restore")
-        regs.set_all_dirty()
-        regs.reset_fx(self._ctx_fx, legacy)
+        if not held:
+            legacy = regs.xsave()
+            # Reset QEMU's exception bookkeeping (old_exception, which makes a second fault a
+            # #DF) by restoring the start-up CPU state, then write every register back: Unicorn
+            # never delivered the exception. The x87/SSE registers now hold the start-up state;
+            # the architectural one is still `legacy` (the view writes it before code runs
+            # again, unless an xrstor replaces it). A #UD is not recorded there (it is neither
+            # contributory nor a #PF), so a held stop needs none of this, as EEXIT does not.
+            _check(_LIB.uc_context_restore(self._hv, self._ctx), "context restore")
+            regs.set_all_dirty()
+            regs.reset_fx(self._ctx_fx, legacy)
         aex(self.cpu, self.lp, regs, fault)
         return EngineExit(_AEX, fault, retired)
 

@@ -211,9 +211,10 @@ class UcRegisterView:
 
     def set_all(self, values: Sequence[int]) -> None:
         # Not masked: callers pass 64-bit fields, and a value out of range would make
-        # `sync` fail (struct.error), never reach Unicorn truncated.
+        # `sync` fail (struct.error), never reach Unicorn truncated. A list is kept as is
+        # (the caller gives it up: RegisterFile.set_all).
         assert len(values) == NREGS
-        self.values = list(values)
+        self.values = values if type(values) is list else list(values)
         self.loaded = True
         self.dirty = True
 

@@ -97,7 +97,11 @@ class Entry(NamedTuple):
     xsave_index: int
     gpr_index: int
     gpr_offset: int
-    notify: bool = False  # ERESUME takes the AEX-Notify path (enter frame CSSA at OENTRY)
+    notify: bool  # ERESUME takes the AEX-Notify path (enter frame CSSA at OENTRY)
+    # Where an entry at OENTRY goes: SECS.BASEADDR + TCS.OENTRY, + OFSBASE, + OGSBASE.
+    oentry_lin: int
+    fsbase_lin: int
+    gsbase_lin: int
 
 
 def read_tcs(cpu: Processor, index: int) -> Tcs:
@@ -310,6 +314,9 @@ def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: b
                 raise GeneralProtection()
             frame_lin, xsave_index, gpr_index, gpr_lin = _ssa_frame(cpu, mem, secs, ossa, cssa)
     base = secs.baseaddr
+    oentry_lin = base + oentry
+    fsbase_lin = base + ofsbase
+    gsbase_lin = base + ogsbase
     if resume and not notify:
         # A plain ERESUME goes back to the saved RIP with the saved FS/GS bases: check those.
         gpr = (gpr_index << PAGE_SHIFT) + (gpr_lin & ~PAGE_MASK)
@@ -317,9 +324,7 @@ def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: b
         target = U64.unpack_from(buf, gpr + GPRSGX_OFF_RIP)[0]
         fsbase, gsbase = _FS_GS.unpack_from(buf, gpr + GPRSGX_OFF_FSBASE)
     else:
-        target = base + oentry
-        fsbase = base + ofsbase
-        gsbase = base + ogsbase
+        target, fsbase, gsbase = oentry_lin, fsbase_lin, gsbase_lin
     top = target >> 47
     if top and top != CANONICAL_HIGH:
         raise GeneralProtection()
@@ -331,8 +336,9 @@ def _check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: b
         raise GeneralProtection()
     entry = _tuple_new(
         Entry,
-        (tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify),
-    )
+        (tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_lin & ~PAGE_MASK, notify,
+         oentry_lin, fsbase_lin, gsbase_lin),
+    )  # fmt: skip
     _record(cpu, mem, entry, tcs_lin, resume)
     return entry
 
@@ -378,22 +384,21 @@ def _ssa_page(cpu: Processor, mem: AddressSpace, secs: SecsState, lin: int) -> i
 
 def enter(cpu: Processor, lp: LogicalProcessor, values: list[int], entry: Entry) -> None:
     """Enclave mode on: the CR_* registers, the TCS busy, FS/GS swapped, the TLB flushed."""
-    secs = entry.secs
-    tcs_index = entry.tcs_index
+    tcs_index, tcs, secs, frame_lin, xsave_index, gpr_index, gpr_offset = entry[:7]
     lp.enclave_mode = True
     lp.secs = secs
     lp.tcs_index = tcs_index
     lp.tcs_lin = values[_RBX]
     aep = lp.aep = values[_RCX]
-    lp.ssa_frame_lin = entry.frame_lin
-    lp.ssa_xsave_index = entry.xsave_index
-    lp.ssa_gpr_index = entry.gpr_index
-    lp.ssa_gpr_offset = entry.gpr_offset
+    lp.ssa_frame_lin = frame_lin
+    lp.ssa_xsave_index = xsave_index
+    lp.ssa_gpr_index = gpr_index
+    lp.ssa_gpr_offset = gpr_offset
     lp.saved_fsbase = values[_FSBASE]
     lp.saved_gsbase = values[_GSBASE]
     rflags = values[_RFLAGS]
-    lp.saved_tf = bool(rflags & TF)
-    if not entry.tcs.flags & _DBGOPTIN:
+    lp.saved_tf = rflags & TF != 0
+    if not tcs.flags & _DBGOPTIN:
         values[_RFLAGS] = rflags & ~TF  # opt-out entry suppresses single-stepping
     buf = cpu.epc.buffer
     off = tcs_index << PAGE_SHIFT
@@ -429,12 +434,9 @@ def enter_at_oentry(
 ) -> None:
     """EENTER's effects (also ERESUME's AEX-Notify path): save URSP/URBP, jump to OENTRY."""
     enter(cpu, lp, values, entry)
-    base = entry.secs.baseaddr
-    tcs = entry.tcs
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
     _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_OFF_URSP, values[_RSP], values[_RBP])
     values[_RCX] = (values[_RIP] + 3) & _MASK64  # the instruction after ENCLU
-    values[_RAX] = tcs.cssa
-    values[_RIP] = base + tcs.oentry  # (check_entry found these three canonical: < 2^64)
-    values[_FSBASE] = base + tcs.ofsbase
-    values[_GSBASE] = base + tcs.ogsbase
+    values[_RAX] = entry.tcs.cssa
+    # (check_entry found these three canonical: < 2^64)
+    values[_RIP], values[_FSBASE], values[_GSBASE] = entry[8:]

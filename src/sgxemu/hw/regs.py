@@ -66,11 +66,14 @@ class RegisterFile(Protocol):
     def __setitem__(self, reg: Reg, value: int) -> None: ...
 
     def get_all(self) -> list[int]:
-        """Every register in `Reg` order (the same as reading each one)."""
+        """Every register in `Reg` order (the same as reading each one): a new list."""
         ...
 
     def set_all(self, values: Sequence[int]) -> None:
-        """Every register in `Reg` order (the same as writing each one); 64-bit values."""
+        """Every register in `Reg` order (the same as writing each one); 64-bit values.
+
+        The file may keep a list it is given as its own: the caller must not change it after.
+        """
         ...
 
     def xsave(self) -> bytes:
