@@ -86,12 +86,15 @@ def eenter_eexit_us(quick: bool = False) -> float:
     rax, rbx, rcx, rip, rdi, rsp = Reg.RAX, Reg.RBX, Reg.RCX, Reg.RIP, Reg.RDI, Reg.RSP
 
     def once() -> None:
-        regs[rax] = eenter
-        regs[rbx] = BASE
-        regs[rcx] = AEP
-        regs[rip] = HOST_RIP
-        regs[rdi] = UBUF
-        regs[rsp] = UBUF + 0x8000
+        # The caller's registers, set as the vDSO model sets them (one batch).
+        values = regs.get_all()
+        values[rax] = eenter
+        values[rbx] = BASE
+        values[rcx] = AEP
+        values[rip] = HOST_RIP
+        values[rdi] = UBUF
+        values[rsp] = UBUF + 0x8000
+        regs.set_all(values)
         enclu(lp, regs, umem)
         run()
 

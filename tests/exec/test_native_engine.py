@@ -1247,9 +1247,9 @@ def test_native_aex_after_a_faulting_leaf_reuses_the_hook_registers(
     eng = tw.engine()
     eng.view.load_all()  # (the host side's register writes below read nothing then)
     reads: list[int] = []
-    raw = eng._raw
-    read_all = raw.read_all
-    raw.read_all = lambda: (reads.append(1), read_all())[1]  # type: ignore[method-assign]
+    view = eng.view
+    read_batch = view._read  # the view's batch read (uc_reg_read_batch)
+    view._read = lambda *a: (reads.append(1), read_batch(*a))[1]
     hole = BASE + 0xF000
     ex, _ = op_call(tw, eng, BASE, eaccept_op(hole, secinfo_flags(REG_T, R | W, PENDING)))
     assert ex.kind is ExitKind.AEX and isinstance(ex.event, PageFault)

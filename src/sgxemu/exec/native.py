@@ -507,6 +507,29 @@ class NativeEngine:
         the last pass (`_clean`), only the code pages are compared.
         """
         self._tlb_stale = False
+        # Nothing changed at all since the last pass (no EPCM entry, no PTE, no grant: every
+        # grant goes through _on_fill, which drops _clean): every page would be found as then.
+        # Only code content is compared again (EPC bytes change without a version: a store by
+        # another engine, a leaf, a direct write).
+        clean = self._clean
+        if clean is not None:
+            cpu = self.cpu
+            tlb = self.lp.tlb
+            secs = self.lp.secs
+            table = self._page_table
+            if (
+                table is not None
+                and secs is not None
+                and not tlb
+                and clean == (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
+            ):
+                tlb.update(self._clean_hits)
+                buf = cpu.epc.buffer
+                for off, content in self._clean_code:
+                    if buf[off : off + PAGE_SIZE] != content:
+                        self._flush_tlb_now()
+                        return
+                return
         granted = self._granted
         if not granted or len(granted) > _REVALIDATE_MAX or not self._revalidate():
             self._flush_tlb_now()
@@ -518,22 +541,6 @@ class NativeEngine:
         assert secs is not None
         table = self._page_table
         buf = cpu.epc.buffer
-        # Nothing changed at all since the last pass (no EPCM entry, no PTE, no grant: every
-        # grant goes through _on_fill, which drops _clean): every page would be found as then.
-        # Only code content is compared again (EPC bytes change without a version: a store by
-        # another engine, a leaf, a direct write).
-        clean = self._clean
-        if (
-            clean is not None
-            and table is not None
-            and not tlb
-            and clean == (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
-        ):
-            tlb.update(self._clean_hits)
-            for off, content in self._clean_code:  # noqa: SIM110 (a loop: cheaper than all())
-                if buf[off : off + PAGE_SIZE] != content:
-                    return False
-            return True
         self._clean = None
         epcm_get = cpu.epcm.get
         translate = self.mem.translate
@@ -703,8 +710,7 @@ class NativeEngine:
             if self._fault is not None:
                 return False  # a backstop #UD earlier in this block: deliver that first
             regs = self._regs
-            regs.forget()
-            regs.load_all()  # one batch: the leaf reads several registers
+            regs.reload()  # one batch: the leaf reads several registers
             rip = regs.values[_RIP]
             code = self._code_bytes(rip, 3)  # ENCLU without prefixes, usually
             if code != _ENCLU:

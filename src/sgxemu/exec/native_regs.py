@@ -75,7 +75,7 @@ _ST_MASK = sum(((1 << 80) - 1) << (128 * i) for i in range(8))  # the 10 bytes o
 # they keep the GIL: these calls are short, and releasing and taking it back costs more than
 # them (uc_emu_start goes through the binding, which releases it while code runs).
 _LIB = ctypes.PyDLL(uclib._name)
-_REGS64 = struct.Struct(f"<{NREGS}Q")
+REGS64 = struct.Struct(f"<{NREGS}Q")
 
 
 class RawRegs:
@@ -111,15 +111,12 @@ class RawRegs:
         self._v.value = value & MASK64
         self._write(self.handle, reg_id, self._pv)
 
-    def read_all(self) -> tuple[int, ...]:
-        """All 20 `Reg` registers in one call."""
-        self._read_batch(self.handle, self._all_ids, self._all_ptrs, NREGS)
-        return _REGS64.unpack_from(self._vals)
-
-    def write_all(self, values: list[int]) -> None:
-        """All 20 `Reg` registers in one call."""
-        _REGS64.pack_into(self._vals, 0, *values)
-        self._write_batch(self.handle, self._all_ids, self._all_ptrs, NREGS)
+    def batch_args(self) -> tuple[Any, Any, tuple[Any, ...], Any]:
+        """The batch read and write of all 20 `Reg` registers: the two C functions, their
+        arguments (handle, register ids, value pointers, count) and the value slots, which
+        `REGS64` packs and unpacks (the view calls them directly: a method call more costs)."""
+        args = (self.handle, self._all_ids, self._all_ptrs, NREGS)
+        return self._read_batch, self._write_batch, args, self._vals
 
     # -- x87 / SSE ---------------------------------------------------------------------------
     def fxsave(self) -> bytes:
@@ -177,11 +174,13 @@ class UcRegisterView:
     """
 
     __slots__ = (
-        "raw", "values", "loaded", "dirty", "_held", "_fx_known", "_fx_pending", "_fx_exact"
+        "raw", "values", "loaded", "dirty", "_held", "_fx_known", "_fx_pending", "_fx_exact",
+        "_read", "_write", "_args", "_vals",
     )  # fmt: skip
 
     def __init__(self, raw: RawRegs) -> None:
         self.raw = raw
+        self._read, self._write, self._args, self._vals = raw.batch_args()
         self.values = [0] * NREGS
         self.loaded = False
         self.dirty = False
@@ -222,7 +221,8 @@ class UcRegisterView:
     def load_all(self) -> None:
         """Make every register valid with one batch read."""
         if not self.loaded:
-            held = self._held = self.raw.read_all()
+            self._read(*self._args)
+            held = self._held = REGS64.unpack_from(self._vals)
             self.values = list(held)
             self.loaded = True
 
@@ -237,7 +237,8 @@ class UcRegisterView:
         if self._fx_pending is not None:
             self._fx_flush()
         if self.dirty:
-            self.raw.write_all(self.values)
+            REGS64.pack_into(self._vals, 0, *self.values)
+            self._write(*self._args)
             self.dirty = False
             self._held = None
 
@@ -247,6 +248,15 @@ class UcRegisterView:
         self.loaded = False
         self._held = None
         self._fx_known = None
+
+    def reload(self) -> None:
+        """`forget` then `load_all`, in one call (the ENCLU hook's first step)."""
+        assert not self.dirty and self._fx_pending is None, "sync() before Unicorn runs"
+        self._fx_known = None
+        self._read(*self._args)
+        held = self._held = REGS64.unpack_from(self._vals)
+        self.values = list(held)
+        self.loaded = True
 
     def discard(self) -> None:
         """Drop register writes not synced (a faulting instruction has no architectural effect).

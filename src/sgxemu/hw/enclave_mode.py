@@ -150,64 +150,60 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
     linear address is the key, RCX is tested again): when all of it reads as it did at the
     last entry through this TCS that passed them, they pass again with the same result, and
     only ERESUME's checks of the saved RIP and FS/GS bases (SSA contents) run. The memo reads
-    in the checks' own order and gives up at the first difference, so a PTE is read (its A bit
-    set) only where the full check would read it; the full check then runs from the start.
-    When neither the EPCM nor the page table changed at all since the memo last held
+    PTEs in the checks' own order and gives up at the first difference, so a PTE is read (its
+    A bit set) only where the full check would read it; the full check then runs from the
+    start. When neither the EPCM nor the page table changed at all since the memo last held
     (`EntryCheck.stamp`), the PTEs and EPCM entries it names are as recorded without reading
     them (the walks that set their A bits happened before).
     """
     memo = cpu.entry_checks.get((values[_RBX], resume))
     if memo is not None:
-        entry = _recheck(cpu, values, mem, memo)
-        if entry is not None:
-            if resume:
-                _check_resume_target(cpu, entry)
-            return entry
+        top = values[_RCX] >> 47  # (the AEP check reads no PTE: it may come first here)
+        table = memo.page_table
+        if (not top or top == CANONICAL_HIGH) and (
+            (
+                table is not None
+                and memo.stamp == (cpu.epcm.version, table.version)
+                and getattr(mem, "page_table", None) is table
+            )
+            or _pages_as_recorded(cpu, values, mem, memo)
+        ):
+            entry = memo.entry
+            off = entry.tcs_index << PAGE_SHIFT
+            secs = entry.secs
+            if cpu.epc.buffer[off : off + _TCS_SIZE] == memo.tcs_raw and (
+                (secs.attributes, secs.baseaddr, secs.ssaframesize) == memo.secs_fields
+            ):
+                if resume:
+                    _check_resume_target(cpu, entry)
+                return entry
     return _check_entry(cpu, values, mem, resume)
 
 
-def _recheck(cpu: Processor, values: list[int], mem: AddressSpace, memo: EntryCheck) -> Entry | None:
-    """The memoized Entry when every input of the checks is as recorded, else None."""
-    table = memo.page_table
+def _pages_as_recorded(
+    cpu: Processor, values: list[int], mem: AddressSpace, memo: EntryCheck
+) -> bool:
+    """The TCS and SSA pages: their PTEs and EPCM entries as `memo` recorded them."""
+    translate = mem.translate
+    if translate(values[_RBX]) != memo.tcs_pte:
+        return False
     epcm = cpu.epcm
-    if (
-        table is not None
-        and memo.stamp == (epcm.version, table.version)
-        and getattr(mem, "page_table", None) is table
+    epcm_get = epcm.get
+    e = memo.tcs_epcm
+    if epcm_get(memo.entry.tcs_index) is not e or (
+        (e.state, e.linaddr, e.pt, e.secs) != memo.tcs_fields
     ):
-        top = values[_RCX] >> 47
-        if top and top != CANONICAL_HIGH:
-            return None
-        entry = memo.entry
-    else:
-        translate = mem.translate
-        if translate(values[_RBX]) != memo.tcs_pte:
-            return None
-        top = values[_RCX] >> 47
-        if top and top != CANONICAL_HIGH:
-            return None
-        entry = memo.entry
-        epcm_get = epcm.get
-        e = memo.tcs_epcm
-        if epcm_get(entry.tcs_index) is not e or (
-            (e.state, e.linaddr, e.pt, e.secs) != memo.tcs_fields
-        ):
-            return None
-        for lin, pte, index, e, fields in memo.ssa:
-            if translate(lin) != pte:
-                return None
-            # (The same PTE names the same EPC page `index`.)
-            if epcm_get(index) is not e or (e.state, e.linaddr, e.pt, e.secs, e.perms) != fields:
-                return None
-        if getattr(mem, "page_table", None) is table is not None:
-            memo.stamp = (epcm.version, table.version)  # (the PTEs and entries, as recorded)
-    off = entry.tcs_index << PAGE_SHIFT
-    if cpu.epc.buffer[off : off + _TCS_SIZE] != memo.tcs_raw:
-        return None
-    secs = entry.secs
-    if (secs.attributes, secs.baseaddr, secs.ssaframesize) != memo.secs_fields:
-        return None
-    return entry
+        return False
+    for lin, pte, index, e, fields in memo.ssa:
+        if translate(lin) != pte:
+            return False
+        # (The same PTE names the same EPC page `index`.)
+        if epcm_get(index) is not e or (e.state, e.linaddr, e.pt, e.secs, e.perms) != fields:
+            return False
+    table = memo.page_table
+    if getattr(mem, "page_table", None) is table is not None:
+        memo.stamp = (epcm.version, table.version)  # (the PTEs and entries, as recorded)
+    return True
 
 
 def _check_resume_target(cpu: Processor, entry: Entry) -> None:
