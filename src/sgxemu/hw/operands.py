@@ -39,14 +39,17 @@ def require_aligned(addr: int, alignment: int) -> None:
         raise GeneralProtection()
 
 
+def walk_fault(lin: int, pte: int, write: bool, user: bool) -> PageFault:
+    """The ordinary #PF of a walk that found `pte` lacking P, or the W/U the access needs."""
+    code = (_W if write else 0) | (_U if user else 0)
+    return PageFault(lin, code | _P if pte & PTE_P else code)
+
+
 def translate(mem: AddressSpace, lin: int, write: bool, user: bool) -> int:
     """Walk the page tables for an explicit operand: the PTE, or an ordinary #PF."""
     pte = mem.translate(lin)
-    code = (_W if write else 0) | (_U if user else 0)
-    if not pte & PTE_P:
-        raise PageFault(lin, code)
-    if (write and not pte & PTE_W) or (user and not pte & PTE_U):
-        raise PageFault(lin, code | _P)
+    if not pte & PTE_P or (write and not pte & PTE_W) or (user and not pte & PTE_U):
+        raise walk_fault(lin, pte, write, user)
     return pte
 
 
@@ -61,7 +64,7 @@ def epc_page(cpu: Processor, mem: AddressSpace, lin: int, write: bool, user: boo
             return (page - epc.base) >> 12
     pte = mem.translate(lin)
     if not pte & PTE_P or (write and not pte & PTE_W) or (user and not pte & PTE_U):
-        translate(mem, lin, write, user)  # raises the ordinary #PF with its error code
+        raise walk_fault(lin, pte, write, user)  # (`translate` inlined: this walk was it)
     pa = pte & PTE_ADDR_MASK
     if epc.base <= pa < epc.end:
         return (pa - epc.base) >> 12
@@ -73,7 +76,7 @@ def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: b
 
     Outside enclave mode EPC reads as all ones (abort-page semantics, SDM 38.5.1 / spec 6.2).
     """
-    # Hot path: `translate` and `Epc.index` inlined; `translate` runs only to raise its #PF.
+    # Hot path: `translate` and `Epc.index` inlined.
     if (
         type(mem) is FlatMemory
         and not mem.overrides
@@ -86,7 +89,7 @@ def read_operand(cpu: Processor, mem: AddressSpace, lin: int, size: int, user: b
         return mem.read(lin, size)
     pte = mem.translate(lin)
     if not pte & PTE_P or (user and not pte & PTE_U):
-        translate(mem, lin, False, user)
+        raise walk_fault(lin, pte, False, user)
     epc = cpu.epc
     if epc.base <= pte & PTE_ADDR_MASK < epc.end:
         return b"\xff" * size
@@ -99,7 +102,7 @@ def write_operand(cpu: Processor, mem: AddressSpace, lin: int, data: bytes, user
     """Write a non-enclave operand (EWB's page and PCMD, PAGEINFO.LINADDR). EPC writes drop."""
     pte = mem.translate(lin)
     if not pte & PTE_P or not pte & PTE_W or (user and not pte & PTE_U):
-        translate(mem, lin, True, user)
+        raise walk_fault(lin, pte, True, user)  # (`translate` inlined)
     epc = cpu.epc
     if epc.base <= pte & PTE_ADDR_MASK < epc.end:
         return
@@ -113,8 +116,8 @@ _PAGEINFO = struct.Struct("<4Q")
 
 def read_pageinfo(cpu: Processor, mem: AddressSpace, lin: int) -> tuple[int, int, int, int]:
     """PAGEINFO at `lin`: (LINADDR, SRCPGE, SECINFO or PCMD, SECS)."""
-    linaddr, srcpge, secinfo, secs = _PAGEINFO.unpack(read_operand(cpu, mem, lin, 32, False))
-    return linaddr, srcpge, secinfo, secs
+    pageinfo: tuple[int, int, int, int] = _PAGEINFO.unpack(read_operand(cpu, mem, lin, 32, False))
+    return pageinfo
 
 
 def read_u64(data: bytes, offset: int) -> int:

@@ -314,11 +314,12 @@ def vmf_insert_pfn(m: Machine, vma: Vma, addr: int, entry: SgxEnclPage) -> int:
 
 # sgx_encl_eaug_page (encl.c), with the SECS reload of the 2023 fix
 def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
-    if not encl.test(SGX_ENCL_INITIALIZED):
+    if not encl.flags & SGX_ENCL_INITIALIZED:  # (encl.test inlined: a fault per EAUG)
         return VM_FAULT_SIGBUS
+    policy = m.policy
     # The policy gives the maximum (RWX since Linux 6.0: EACCEPT/EMODPE decide the EPCM rights).
-    encl_page = sgx_encl_page_alloc(encl, (addr & PAGE_MASK) - encl.base, m.policy.eaug_secinfo)
-    reclaim = m.policy.eaug_reclaim  # False since "Support VA page allocation without reclaiming"
+    encl_page = sgx_encl_page_alloc(encl, (addr & PAGE_MASK) - encl.base, policy.eaug_secinfo)
+    reclaim = policy.eaug_reclaim  # False since "Support VA page allocation without reclaiming"
     try:
         sgx_encl_load_secs(m, encl)
     except KernelError as e:
@@ -342,15 +343,17 @@ def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
             sgx_encl_free_epc_page(m, epc_page)
             return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     key = encl_page.desc >> PAGE_SHIFT
-    if key in encl.page_array:  # xa_insert -EBUSY: created meanwhile in another flow
+    page_array = encl.page_array
+    if key in page_array:  # xa_insert -EBUSY: created meanwhile in another flow
         sgx_encl_shrink(m, encl, va_page)
         sgx_encl_free_epc_page(m, epc_page)
         return VM_FAULT_SIGBUS
-    encl.page_array[key] = encl_page
-    assert encl.secs.epc_page is not None
-    ret = m.encls.eaug(encl_page.desc & PAGE_MASK, encl.secs.epc_page.pa, epc_page.pa)
+    page_array[key] = encl_page
+    secs_page = encl.secs.epc_page
+    assert secs_page is not None
+    ret = m.encls.eaug(encl_page.desc & PAGE_MASK, secs_page.pa, epc_page.pa)
     if ret:
-        del encl.page_array[key]
+        del page_array[key]
         sgx_encl_shrink(m, encl, va_page)
         sgx_encl_free_epc_page(m, epc_page)
         return VM_FAULT_SIGBUS

@@ -27,6 +27,7 @@ _CONTENTS = 0x2000  # page aligned
 _SIGSTRUCT = 0x4000  # page aligned, token at +2048 (512-aligned) as in sgx_ioc_enclave_init
 _TOKEN = 0x4800
 _PAGEINFO_FMT = struct.Struct("<4Q")
+_EAUG = EnclsLeaf.EAUG  # (an enum class attribute lookup costs a dict miss: one per fault)
 
 
 def encls_faulted(ret: int) -> bool:
@@ -134,7 +135,7 @@ class Encls:
         return self._leaf(EnclsLeaf.EDBGWR, value, addr)
 
     def eaug(self, addr: int, secs: int, epc: int) -> int:
-        return self._leaf(EnclsLeaf.EAUG, self._pageinfo(addr, 0, 0, secs), epc)
+        return self._leaf(_EAUG, self._pageinfo(addr, 0, 0, secs), epc)
 
     def emodpr(self, secinfo_flags: int, epc: int) -> int:
         self.mem.write(_SECINFO, secinfo(secinfo_flags))

@@ -206,19 +206,24 @@ class Thread:
         if kernel and (addr + size > TASK_SIZE or addr + size < addr):
             raise KernelError(errno.EFAULT)  # access_ok
         epc = self.machine.cpu.epc
+        epc_base, epc_end = epc.base, epc.end  # (`epc.index(pa) >= 0` inlined)
         mem = self.process.mm.mem
+        write = data is not None
         out = bytearray()
         pos = 0
         while pos < size:
             a = addr + pos
             n = min(size - pos, PAGE_SIZE - (a & ~PAGE_MASK))
-            pte = self._page(a, data is not None, kernel)
+            pte = self._page(a, write, kernel)
             # Outside enclave mode EPC reads as all ones and writes are dropped (abort page).
-            in_epc = epc.index(pte & PTE_ADDR_MASK) >= 0
+            in_epc = epc_base <= pte & PTE_ADDR_MASK < epc_end
             if data is None:
-                out += b"\xff" * n if in_epc else mem.read(a, n)
+                chunk = b"\xff" * n if in_epc else mem.read(a, n)
+                if n == size:
+                    return chunk  # one page: no copy into `out`
+                out += chunk
             elif not in_epc:
-                mem.write(a, data[pos : pos + n])
+                mem.write(a, data if n == size else data[pos : pos + n])
             pos += n
         return bytes(out)
 

@@ -21,6 +21,7 @@ from .mman import PROT_EXEC, PROT_READ, PROT_WRITE
 
 DEFAULT_ARENA = 64 << 30  # reserved, not committed
 _P_A = PTE_P | PTE_A
+_OFFSET_MASK = PAGE_SIZE - 1
 
 
 def pte_for(pa: int, prot: int) -> int:
@@ -80,8 +81,10 @@ class UserMemory:
     def map_frame(self, lin: int, pa: int, prot: int) -> None:
         """Install a PTE for one page at a given physical address (an EPC page)."""
         page = lin >> PAGE_SHIFT
-        self._drop(page)
-        self.ptes[page] = pte_for(pa, prot)
+        ptes = self.ptes
+        if page in ptes or page in self.frames:  # (else `_drop` has nothing to drop)
+            self._drop(page)
+        ptes[page] = pte_for(pa, prot)
 
     def unmap(self, lin: int, size: int) -> None:
         for page in range(lin >> PAGE_SHIFT, (lin + size + PAGE_SIZE - 1) >> PAGE_SHIFT):
@@ -127,6 +130,11 @@ class UserMemory:
         return off + (lin & ~PAGE_MASK)
 
     def read(self, lin: int, size: int) -> bytes:
+        off = lin & _OFFSET_MASK
+        if 0 < size <= PAGE_SIZE - off:  # hot path: within one page (`_offset` inlined)
+            frame = self.frames.get(lin >> PAGE_SHIFT)
+            if frame is not None:
+                return self.arena[frame + off : frame + off + size]
         out = bytearray()
         while size > 0:
             n = min(size, PAGE_SIZE - (lin & ~PAGE_MASK))
@@ -137,6 +145,13 @@ class UserMemory:
         return bytes(out)
 
     def write(self, lin: int, data: bytes) -> None:
+        off = lin & _OFFSET_MASK
+        n = len(data)
+        if 0 < n <= PAGE_SIZE - off:  # hot path: within one page (`_offset` inlined)
+            frame = self.frames.get(lin >> PAGE_SHIFT)
+            if frame is not None:
+                self.arena[frame + off : frame + off + n] = data
+                return
         pos = 0
         while pos < len(data):
             n = min(len(data) - pos, PAGE_SIZE - (lin & ~PAGE_MASK))

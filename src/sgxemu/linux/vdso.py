@@ -55,6 +55,11 @@ def _s32(value: int) -> int:
 class EnclaveCall:
     """One __vdso_sgx_enter_enclave invocation by a thread."""
 
+    __slots__ = (
+        "thread", "machine", "engine", "_flush_tlb", "parent", "busy", "run", "leaf", "state",
+        "done", "result", "pending", "error", "entries", "_last_fault", "_repeats",
+    )  # fmt: skip
+
     def __init__(
         self, thread: Thread, rdi: int, rsi: int, rdx: int, function: int, r8: int, r9: int,
         run: uapi.sgx_enclave_run,
@@ -182,11 +187,10 @@ class EnclaveCall:
 
     def _exception(self, fault: SgxFault, aex: bool) -> None:
         """A trap at the vDSO's ENCLU: the kernel handles it, or the vDSO fixup reports it."""
-        t = self.thread
-        m = self.machine
-        vector = int(fault.vector)
         addr = 0
         if isinstance(fault, PageFault):
+            t = self.thread
+            m = self.machine
             # After an AEX the OS sees the faulting page only (the low 12 bits are cleared).
             addr = fault.addr & PAGE_MASK if aex else fault.addr
             sig = do_user_addr_fault(m, t, addr, fault.error_code)
@@ -199,6 +203,7 @@ class EnclaveCall:
                     raise RuntimeError(f"the fault at {addr:#x} ({fault.error_code:#x}) never resolves")
                 self.state = _ENCLU  # retry the ENCLU: ERESUME after an AEX, else the leaf
                 return
+        vector = int(fault.vector)
         if vector in _NOT_FIXED_UP:
             self.error = SIGTRAP(addr)
             self._finish(0)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ...arch.constants import (
     PAGE_MASK,
+    PAGE_SHIFT,
     PAGE_SIZE,
     SECINFO_FLAGS_RESERVED_MASK,
     SECINFO_PAGE_TYPE_SHIFT,
@@ -47,7 +48,7 @@ _ATTRIBUTES_MISMATCH = SgxError.SGX_PAGE_ATTRIBUTES_MISMATCH
 _NOT_TRACKED = SgxError.SGX_NOT_TRACKED
 _SUCCESS = SgxError.SUCCESS
 _OFFSET_MASK = PAGE_SIZE - 1
-_SECINFO_RESERVED_BYTES = SECINFO_SIZE - 8
+_ZERO_RESERVED = bytes(SECINFO_SIZE - 8)  # SECINFO bytes 8..63 must be zero
 _U64 = struct.Struct("<Q")
 # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFSBASGX, OGSBASGX, FSLIMIT, GSLIMIT.
 _TCS = struct.Struct("<QQQIIQQQQII")
@@ -70,9 +71,11 @@ def in_enclave_secinfo(cpu: Processor, secs: SecsState, index: int, rbx: int) ->
         or e.linaddr != rbx & PAGE_MASK  # the SDM text's "& FFFH" means the page (spec 12.1)
     ):
         raise epcm_fault(rbx, user=True)
-    raw = cpu.epc.read(index, rbx & _OFFSET_MASK, SECINFO_SIZE)
-    flags: int = _U64.unpack_from(raw, 0)[0]
-    if flags & SECINFO_FLAGS_RESERVED_MASK or raw.count(0, 8) != _SECINFO_RESERVED_BYTES:
+    # The 64 bytes read in place (what `cpu.epc.read(index, offset, 64)` returns, uncopied).
+    off = (index << PAGE_SHIFT) + (rbx & _OFFSET_MASK)
+    buf = cpu.epc.buffer
+    flags: int = _U64.unpack_from(buf, off)[0]
+    if flags & SECINFO_FLAGS_RESERVED_MASK or buf[off + 8 : off + SECINFO_SIZE] != _ZERO_RESERVED:
         raise GeneralProtection()
     return flags
 
