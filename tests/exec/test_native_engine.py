@@ -1078,6 +1078,12 @@ def test_native_unchanged_entry_reads_no_page_table_but_compares_code(mini: Mini
     try:
         assert run_mini(mini, eng, "nop").kind is ExitKind.EEXIT
         assert walked == []
+        # Changes the logs record, on pages the thread did not use: still nothing read.
+        ro = w.cpu.epcm[w.index(BASE + M_RO)]
+        ro.perms = ro.perms
+        w.umem.protect(BASE + M_P, PAGE_SIZE, PROT_READ | PROT_WRITE)
+        assert run_mini(mini, eng, "nop").kind is ExitKind.EEXIT
+        assert walked == []
         table = jump_table(w)
         t_nop = table + struct.unpack("<i", w.epc_read(table + 4 * T["nop"], 4))[0]
         w.cpu.epc.write(w.index(t_nop), t_nop & 0xFFF, b"\xcc")  # no version counts this

@@ -921,26 +921,33 @@ def test_a_repeated_entry_uses_the_memo(w: World, monkeypatch: pytest.MonkeyPatc
 
 
 def test_an_unchanged_memoized_entry_reads_no_pte(w: World) -> None:
-    """While neither the EPCM nor the page table changed since the memo last held, the memo
-    reads no PTE (their A bits are set already); after any change it reads them again."""
+    """While the change logs of the EPCM and the page table name none of the memo's pages
+    since it last held, the memo reads no PTE (their A bits are set already); after a change
+    to one of them it reads them again."""
     warm_entries(w)
     leave_to_host(w, enter(w, tcs=1))  # (the first entry wrote TCS.AEP: the memo is renewed)
     code = w.cpu.epcm[w.index_of(CODE)]
+    ssa = w.cpu.epcm[w.index_of(ssa_page(1, 0, 0))]
     walked: list[int] = []
     translate = w.umem.translate
     w.umem.translate = lambda lin: (walked.append(lin), translate(lin))[1]  # type: ignore[method-assign]
     try:
         leave_to_host(w, enter(w, tcs=1))
         assert walked == []
-        code.perms = R | X  # the same value, but a change
+        code.perms = R | X  # another page's entry changed: nothing the memo names
+        w.umem.set_pte(DATA, None)  # and another page's PTE
+        leave_to_host(w, enter(w, tcs=1))
+        assert walked == []
+        ssa.perms = R | W  # the same value, but a change of an SSA page's entry
         leave_to_host(w, enter(w, tcs=1))
         assert walked[0] == tcs_at(1) and ssa_page(1, 0, 0) in walked
         walked.clear()
         leave_to_host(w, enter(w, tcs=1))  # (stamped again by the last entry)
         assert walked == []
-        w.umem.set_pte(DATA, None)
+        w.umem.set_pte(tcs_at(1), w.umem.translate(tcs_at(1)))  # the same PTE, set again
+        walked.clear()
         leave_to_host(w, enter(w, tcs=1))
-        assert walked
+        assert walked and walked[0] == tcs_at(1)
     finally:
         del w.umem.translate
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sgxemu.arch.constants import PageType
+from sgxemu.hw.changelog import LOG_LIMIT
 from sgxemu.hw.epcm import Epcm, EpcmEntry
 from sgxemu.hw.memory import FlatMemory, PageTable, page_table_of
 from sgxemu.linux.usermem import UserMemory
@@ -113,3 +114,40 @@ def test_epcm_counts_only_entries_it_holds() -> None:
 def test_a_new_entry_has_its_fields() -> None:
     e = EpcmEntry(PageType.PT_TCS, None, 0x5000, 0xF)
     assert (e.pt, e.perms, e.state, e.secs, e.linaddr, e.epoch) == (PageType.PT_TCS, 7, 0, None, 0x5000, -1)
+
+
+def test_change_log_names_the_keys_changed_since_a_version() -> None:
+    table = PageTable()
+    table[1] = 5
+    v = table.version
+    table[2] = 6
+    table.pop(1)
+    assert table.changed_since(v) == [2, 1]
+    assert table.changed_since(table.version) == []
+    assert table.unchanged_since(v, frozenset({3, 4}))
+    assert not table.unchanged_since(v, frozenset({1}))
+    assert table.unchanged_since(table.version, frozenset({1}))
+
+
+def test_change_log_forgets_old_versions_but_never_lies() -> None:
+    table = PageTable()
+    for i in range(LOG_LIMIT + 1):
+        table[i] = i
+    assert table.version == LOG_LIMIT + 1
+    assert table.changed_since(0) is None  # trimmed: unknown
+    assert not table.unchanged_since(0, frozenset({10**9}))
+    v = table.version - 3
+    assert table.changed_since(v) == [LOG_LIMIT - 2, LOG_LIMIT - 1, LOG_LIMIT]
+    w = table.version
+    table.clear()
+    assert table.changed_since(w) is None and table.changed_since(table.version) == []
+
+
+def test_epcm_log_names_the_index_of_a_changed_entry() -> None:
+    epcm = Epcm()
+    e = epcm[7] = _entry()
+    epcm[9] = _entry()
+    v = epcm.version
+    e.state = 1
+    del epcm[9]
+    assert epcm.changed_since(v) == [7, 9]

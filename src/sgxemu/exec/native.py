@@ -240,12 +240,15 @@ class NativeEngine:
         self._fills: dict[int, tuple[int, EpcmEntry | None, tuple[Any, ...], tuple[int, int],
                                      tuple[int, int] | None]] = {}
         self._fills_secs: tuple[Any, ...] = ()
-        # The last _revalidate that passed: (EPCM version, page-table version, SECS fields),
-        # the lp.tlb entries it made and the code pages it compared ((EPC offset, content));
-        # None once Unicorn's TLB changed (a grant, a flush). See _revalidate.
+        # The last _revalidate that passed: the SECS fields (None once Unicorn's TLB changed:
+        # a grant, a flush), (EPCM version, page-table version) when its pages were last
+        # found unchanged, the lp.tlb entries it made, the EPC pages among them and the code
+        # pages it compared ((EPC offset, content)). See _entry_flush.
         self._page_table = page_table_of(mem)
         self._clean: tuple[Any, ...] | None = None
+        self._clean_at = (0, 0)
         self._clean_hits: dict[int, tuple[int, int]] = {}
+        self._clean_indices: frozenset[int] = frozenset()
         self._clean_code: list[tuple[int, bytes]] = []
         self._counting = True  # the start-up runs armed Unicorn's count hook
         self._maint = False
@@ -502,28 +505,35 @@ class NativeEngine:
         the accessed bit as the walk would) and, for an EPC page, the EPCM entry (the same
         object, with the same SECS, linear address, type, state and permissions). When all are
         equal, a fill would give the recorded (index, rights) again, and that is what goes into
-        `lp.tlb`. The code-page content check stays as it is. And when neither the EPCM nor
-        the page table changed at all (their versions) and Unicorn was given no new page since
-        the last pass (`_clean`), only the code pages are compared.
+        `lp.tlb`. The code-page content check stays as it is. And when Unicorn was given no
+        new page since the last pass (`_clean`) and the change logs of the EPCM and the page
+        table name none of its pages, only the code pages are compared.
         """
         self._tlb_stale = False
-        # Nothing changed at all since the last pass (no EPCM entry, no PTE, no grant: every
-        # grant goes through _on_fill, which drops _clean): every page would be found as then.
-        # Only code content is compared again (EPC bytes change without a version: a store by
+        # None of the pages changed since the last pass (no EPCM entry, no PTE, no grant:
+        # every grant goes through _on_fill, which drops _clean): each would be found as then.
+        # Only code content is compared again (EPC bytes change without a log: a store by
         # another engine, a leaf, a direct write).
         clean = self._clean
-        if clean is not None:
+        secs = self.lp.secs
+        table = self._page_table
+        if (
+            clean is not None
+            and table is not None
+            and secs is not None
+            and not self.lp.tlb
+            and clean == (secs, secs.baseaddr, secs.size)
+        ):
             cpu = self.cpu
-            tlb = self.lp.tlb
-            secs = self.lp.secs
-            table = self._page_table
-            if (
-                table is not None
-                and secs is not None
-                and not tlb
-                and clean == (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
+            epcm = cpu.epcm
+            now = (epcm.version, table.version)
+            at = self._clean_at
+            if at == now or (
+                epcm.unchanged_since(at[0], self._clean_indices)
+                and table.unchanged_since(at[1], self._clean_hits.keys())
             ):
-                tlb.update(self._clean_hits)
+                self._clean_at = now
+                self.lp.tlb.update(self._clean_hits)
                 buf = cpu.epc.buffer
                 for off, content in self._clean_code:
                     if buf[off : off + PAGE_SIZE] != content:
@@ -582,8 +592,10 @@ class NativeEngine:
                 index = tlb[vpn][0]
                 code.append((index << PAGE_SHIFT, self._scanned[index][1]))
         if table is not None:
-            self._clean = (cpu.epcm.version, table.version, secs, secs.baseaddr, secs.size)
-            self._clean_hits = {vpn: tlb[vpn] for vpn in self._granted}
+            self._clean = (secs, secs.baseaddr, secs.size)
+            self._clean_at = (cpu.epcm.version, table.version)
+            hits = self._clean_hits = {vpn: tlb[vpn] for vpn in self._granted}
+            self._clean_indices = frozenset(index for index, _ in hits.values() if index >= 0)
             self._clean_code = code
         return True
 

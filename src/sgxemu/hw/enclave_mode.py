@@ -27,7 +27,7 @@ from ..arch.structs import (
     GPRSGX_OFF_RIP,
     GPRSGX_OFF_URSP,
 )
-from .epcm import UNUSABLE, EpcmEntry
+from .epcm import UNUSABLE, Epcm, EpcmEntry
 from .faults import GeneralProtection
 from .memory import PageTable, page_table_of
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
@@ -113,11 +113,12 @@ class EntryCheck:
     the TCS, its EPCM entry (the object and the fields checked), TCS bytes 0..71, the SECS
     fields used, and for each SSA page checked its linear address, PTE, EPC index, EPCM entry
     and fields. `page_table` and `stamp`: the address space's `PageTable` (None: it has none)
-    and (EPCM version, page-table version) when all of that was last found as recorded."""
+    and (EPCM version, page-table version) when all of that was last found as recorded;
+    `vpns` and `indices`: the pages whose PTEs and EPCM entries it names (change-log keys)."""
 
     __slots__ = (
         "tcs_pte", "tcs_epcm", "tcs_fields", "tcs_raw", "secs_fields", "ssa", "entry",
-        "page_table", "stamp",
+        "page_table", "stamp", "vpns", "indices",
     )  # fmt: skip
 
     def __init__(
@@ -131,6 +132,8 @@ class EntryCheck:
         entry: Entry,
         page_table: PageTable | None,
         stamp: tuple[int, int],
+        vpns: frozenset[int],
+        indices: frozenset[int],
     ) -> None:
         self.tcs_pte = tcs_pte
         self.tcs_epcm = tcs_epcm
@@ -141,6 +144,8 @@ class EntryCheck:
         self.entry = entry
         self.page_table = page_table
         self.stamp = stamp
+        self.vpns = vpns
+        self.indices = indices
 
 
 def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
@@ -162,9 +167,9 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
         table = memo.page_table
         if (not top or top == CANONICAL_HIGH) and (
             (
-                table is not None
-                and memo.stamp == (cpu.epcm.version, table.version)
-                and getattr(mem, "page_table", None) is table
+                getattr(mem, "page_table", None) is table
+                and table is not None
+                and _unchanged(cpu.epcm, table, memo)
             )
             or _pages_as_recorded(cpu, values, mem, memo)
         ):
@@ -178,6 +183,20 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
                     _check_resume_target(cpu, entry)
                 return entry
     return _check_entry(cpu, values, mem, resume)
+
+
+def _unchanged(epcm: Epcm, table: PageTable, memo: EntryCheck) -> bool:
+    """No PTE or EPCM entry the memo names changed since its stamp (which then moves on)."""
+    now = (epcm.version, table.version)
+    at = memo.stamp
+    if at != now:
+        if not (
+            epcm.unchanged_since(at[0], memo.indices)
+            and table.unchanged_since(at[1], memo.vpns)
+        ):
+            return False
+        memo.stamp = now
+    return True
 
 
 def _pages_as_recorded(
@@ -256,6 +275,8 @@ def _record(
         entry,
         table,
         (epcm.version, table.version if table is not None else -1),
+        frozenset([tcs_lin >> PAGE_SHIFT, *(lin >> PAGE_SHIFT for lin, _ in pages)]),
+        frozenset([entry.tcs_index, *(index for _, index in pages)]),
     )
 
 

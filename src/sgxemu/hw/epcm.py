@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..arch.constants import PageType
+from .changelog import LoggedDict
 
 if TYPE_CHECKING:
     from .secs import SecsState
@@ -52,10 +53,10 @@ def _perm(bit: int, doc: str) -> property:
 class EpcmEntry:
     """EPCM entry of a valid page. `secs` is ENCLAVESECS (the SECS itself for a PT_SECS page).
 
-    Every field set counts as a change of the `Epcm` holding the entry (its `version`).
+    Every field set counts as a change of the `Epcm` holding the entry (its change log).
     """
 
-    __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch", "_owner")
+    __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch", "_owner", "_index")
     pt: PageType
     perms: int
     state: int
@@ -63,6 +64,7 @@ class EpcmEntry:
     linaddr: int
     epoch: int
     _owner: Epcm | None
+    _index: int  # where `_owner` holds it
 
     def __init__(
         self,
@@ -84,7 +86,7 @@ class EpcmEntry:
     def __setattr__(self, name: str, value: Any) -> None:
         owner = self._owner
         if owner is not None:
-            owner.version += 1
+            owner.note(self._index)
         object.__setattr__(self, name, value)
 
     r = _perm(R, "EPCM.R")
@@ -118,62 +120,37 @@ _SET_SECS = _SLOTS["secs"].__set__
 _SET_LINADDR = _SLOTS["linaddr"].__set__
 _SET_EPOCH = _SLOTS["epoch"].__set__
 _SET_OWNER = _SLOTS["_owner"].__set__
+_SET_INDEX = _SLOTS["_index"].__set__
 
 
-class Epcm(dict[int, EpcmEntry]):
-    """EPC index -> entry, counting its changes in `version`: an entry added or removed, or any
-    field of an entry it holds set. A check that read entries (the entry-check memo, the
-    native engine's TLB re-check at entry) knows none changed since by comparing versions.
+class Epcm(LoggedDict[EpcmEntry]):
+    """EPC index -> entry, with a change log (`version`, `changed_since`) of the indices whose
+    entry was added, removed or replaced, or had a field set (the entry notes it). A check
+    that read entries (the entry-check memo, the native engine's TLB re-check at entry) knows
+    which ones changed since without reading them again.
     """
 
-    __slots__ = ("version",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.version = 0
+    __slots__ = ()
 
     def __setitem__(self, index: int, entry: EpcmEntry) -> None:
-        self.version += 1
         old = dict.get(self, index)
         if old is not None and old is not entry:
             _SET_OWNER(old, None)
         _SET_OWNER(entry, self)
-        dict.__setitem__(self, index, entry)
+        _SET_INDEX(entry, index)
+        super().__setitem__(index, entry)
 
     def __delitem__(self, index: int) -> None:
-        self.version += 1
         _SET_OWNER(dict.__getitem__(self, index), None)
-        dict.__delitem__(self, index)
+        super().__delitem__(index)
 
     def pop(self, index: int, *default: Any) -> Any:
-        self.version += 1
-        entry = dict.pop(self, index, *default)
+        entry = super().pop(index, *default)
         if isinstance(entry, EpcmEntry):
             _SET_OWNER(entry, None)
         return entry
 
-    def popitem(self) -> tuple[int, EpcmEntry]:
-        self.version += 1
-        index, entry = dict.popitem(self)
-        _SET_OWNER(entry, None)
-        return index, entry
-
-    def setdefault(self, index: int, default: EpcmEntry | None = None) -> EpcmEntry:
-        if index not in self:
-            assert default is not None
-            self[index] = default
-        return dict.__getitem__(self, index)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for index, entry in dict(*args, **kwargs).items():
-            self[index] = entry
-
-    def __ior__(self, other: Any) -> Epcm:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
     def clear(self) -> None:
-        self.version += 1
         for entry in dict.values(self):
             _SET_OWNER(entry, None)
-        dict.clear(self)
+        super().clear()

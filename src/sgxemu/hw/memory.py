@@ -8,9 +8,10 @@ SDM's: P, R/W, U/S, XD and the physical frame.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..arch.constants import PAGE_MASK, PAGE_SIZE
+from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from .changelog import LoggedDict
 
 PTE_P = 1 << 0
 PTE_W = 1 << 1
@@ -23,52 +24,15 @@ _OFFSET_MASK = PAGE_SIZE - 1
 _FRAME_LIMIT = PTE_ADDR_MASK + PAGE_SIZE  # 2^52: the first page a PTE cannot name
 
 
-class PageTable(dict[int, int]):
-    """Page -> PTE, counting its changes in `version`.
+class PageTable(LoggedDict[int]):
+    """Linear page number -> PTE, with a change log (`version`, `changed_since`).
 
     An address space whose `translate` reads only such a table (and constants) offers it as
-    `page_table`: a check that read PTEs then knows none changed since by comparing versions
-    (the entry-check memo, the native engine's TLB re-check at entry). Every mutation counts,
-    even one that stores the same value.
+    `page_table`: a check that read PTEs then knows which ones changed since without reading
+    them again.
     """
 
-    __slots__ = ("version",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.version = 0
-
-    def __setitem__(self, key: int, value: int) -> None:
-        self.version += 1
-        dict.__setitem__(self, key, value)
-
-    def __delitem__(self, key: int) -> None:
-        self.version += 1
-        dict.__delitem__(self, key)
-
-    def pop(self, key: int, *default: Any) -> Any:
-        self.version += 1
-        return dict.pop(self, key, *default)
-
-    def popitem(self) -> tuple[int, int]:
-        self.version += 1
-        return dict.popitem(self)
-
-    def setdefault(self, key: int, default: int = 0) -> int:
-        self.version += 1
-        return dict.setdefault(self, key, default)
-
-    def update(self, *args: Any, **kwargs: int) -> None:
-        self.version += 1
-        dict.update(self, *args, **kwargs)
-
-    def __ior__(self, other: Any) -> PageTable:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
-    def clear(self) -> None:
-        self.version += 1
-        dict.clear(self)
+    __slots__ = ()
 
 
 class AddressSpace(Protocol):
@@ -112,8 +76,8 @@ class FlatMemory:
         # Backed pages as writable views over their bytearrays: slicing a view copies nothing,
         # so a read copies the bytes once and a write stores them once.
         self._pages: dict[int, memoryview] = {}
-        # Page -> PTE where `set_pte` changed the default (read-only outside this class: the
-        # leaves skip the walk while it is empty). Every other entry is a constant.
+        # Page number -> PTE where `set_pte` changed the default (read-only outside this class:
+        # the leaves skip the walk while it is empty). Every other entry is a constant.
         self.overrides = self.page_table = PageTable()
         self._direct_overrides = 0  # how many overrides lie in [epc_base, epc_end)
         self._set_direct()
@@ -134,10 +98,10 @@ class FlatMemory:
         self.direct_hi = hi
 
     def translate(self, lin: int) -> int:
-        page = lin & PAGE_MASK
-        pte = self.overrides.get(page)
+        pte = self.overrides.get(lin >> PAGE_SHIFT)
         if pte is not None:
             return pte
+        page = lin & PAGE_MASK
         if self.epc_base <= page < self.epc_end:
             return page | self._flags
         return self._flags  # non-EPC: the frame number is irrelevant to the SGX model
@@ -145,11 +109,12 @@ class FlatMemory:
     def set_pte(self, lin: int, pte: int | None) -> None:
         """Override the entry of one page (None restores the default mapping)."""
         page = lin & PAGE_MASK
-        had = page in self.overrides
+        key = lin >> PAGE_SHIFT
+        had = key in self.overrides
         if pte is None:
-            self.overrides.pop(page, None)
+            self.overrides.pop(key, None)
         else:
-            self.overrides[page] = pte
+            self.overrides[key] = pte
         if self.epc_base <= page < self.epc_end and had != (pte is not None):
             self._direct_overrides += 1 if pte is not None else -1
             self._set_direct()
