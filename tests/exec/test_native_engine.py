@@ -1201,15 +1201,19 @@ def test_native_untrusted_memory_mapped_on_demand(tw: World) -> None:
 
 
 def test_native_engines_sharing_a_logical_processor_are_all_flushed(tw: World) -> None:
+    """Every engine on a logical processor sees each flush of it (`lp.flushes`) at its next
+    run: each entry re-checks what Unicorn holds, however many engines share the LP."""
     lp = tw.cpu.lp(0)
     a, b = tw.engine(0), tw.engine(0)
-    a._tlb_stale = b._tlb_stale = False
-    lp.flush_tlb()
-    assert a._tlb_stale and b._tlb_stale
-    a.close()
-    assert lp.on_flush == b.flush_tlb
-    b.close()
-    assert lp.on_flush is None
+    seen = (a._flushes, b._flushes)
+    assert seen == (lp.flushes, lp.flushes)
+    tw.umem.write(UBUF, bytes(put_addr(UBUF + 0x800, 0x77)))
+    r = a.regs
+    r[Reg.RAX], r[Reg.RBX], r[Reg.RCX], r[Reg.RIP] = EncluLeaf.EENTER, BASE, AEP, HOST_RIP
+    r[Reg.RDI], r[Reg.RSP] = UBUF, USTACK + 0x3000
+    tw.cpu.enclu(lp, r, tw.umem)  # the entry flushes LP 0
+    assert a.run().kind is ExitKind.EEXIT and a._flushes == lp.flushes - 1  # (and the EEXIT)
+    assert b._flushes == seen[1] < lp.flushes  # b acts on them when it runs next
 
 
 def test_native_run_requires_enclave_mode(tw: World) -> None:

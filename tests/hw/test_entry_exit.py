@@ -437,12 +437,11 @@ def eenter_row(w: World, setup: Setup, rbx: int, rcx: int, expect: Expect) -> No
         setup(w)
     regs = host_regs(EncluLeaf.EENTER, rbx, rcx, rflags=HOST_FLAGS | TF)
     lp = w.cpu.lp(0)
-    flushes: list[int] = []
+    flushes = lp.flushes
     lp.tlb[0x1234] = (-1, 1)  # a stale translation: entry flushes it
-    lp.on_flush = lambda: flushes.append(1)
     if expect is not None:
         check_fails(w, regs, expect)
-        assert lp.tlb == {0x1234: (-1, 1)} and flushes == []
+        assert lp.tlb == {0x1234: (-1, 1)} and lp.flushes == flushes
         return
     i = (rbx - BASE) // 0x1_0000
     cssa, flags = w.tcs(i, "cssa"), w.tcs(i, "flags")
@@ -470,7 +469,7 @@ def eenter_row(w: World, setup: Setup, rbx: int, rcx: int, expect: Expect) -> No
     assert (lp.ssa_gpr_index, lp.ssa_gpr_offset) == (w.index_of(gpr_at(i, cssa)), gpr_at(i, cssa) & 0xFFF)
     assert (lp.saved_fsbase, lp.saved_gsbase, lp.saved_tf) == (HOST_FS, HOST_GS, True)
     assert w.secs.inside == {0: w.secs.epoch}
-    assert lp.tlb == {} and flushes == [1]
+    assert lp.tlb == {} and lp.flushes == flushes + 1
 
 
 def test_eenter_on_a_busy_tcs_from_a_second_lp_is_gp(w: World) -> None:
@@ -530,8 +529,7 @@ def test_eexit_returns_to_rbx_with_the_aep_in_rcx(w: World) -> None:
     w.kit.enclave_load(DATA, 8)  # a translation in the TLB
     lp = w.cpu.lp(0)
     assert lp.tlb
-    flushes: list[int] = []
-    lp.on_flush = lambda: flushes.append(1)
+    flushes = lp.flushes
     regs[Reg.RAX], regs[Reg.RBX] = EncluLeaf.EEXIT, HOST_RIP + 0x100
     run_enclu(w, regs)
     expected = dict(enclave)
@@ -546,7 +544,7 @@ def test_eexit_returns_to_rbx_with_the_aep_in_rcx(w: World) -> None:
     assert (w.tcs(1, "state"), w.tcs(1, "cssa")) == (0, 0)
     assert not lp.enclave_mode and lp.secs is None and lp.tcs_index == -1
     assert w.secs.inside == {}
-    assert lp.tlb == {} and flushes == [1]
+    assert lp.tlb == {} and lp.flushes == flushes + 1
 
 
 @pytest.mark.parametrize(
@@ -629,8 +627,7 @@ def test_aex(case: str, event: Callable[[], SgxFault | None], vector: int | None
     w.poke(ssa_page(1, 0) + 512, b"\xbb" * 64)
     fault = event()
     lp = w.cpu.lp(0)
-    flushes: list[int] = []
-    lp.on_flush = lambda: flushes.append(1)
+    flushes = lp.flushes
     aex(w.cpu, lp, regs, fault)
     # -- the SSA frame (frame 0 of TCS 1) --------------------------------------------------------
     for r, off in GPR_OFF.items():
@@ -671,7 +668,7 @@ def test_aex(case: str, event: Callable[[], SgxFault | None], vector: int | None
     # -- the thread is out: CSSA advanced, TCS free, TLB flushed ---------------------------------
     assert (w.tcs(1, "cssa"), w.tcs(1, "state")) == (1, 0)
     assert not lp.enclave_mode and lp.secs is None and w.secs.inside == {}
-    assert flushes == [1]
+    assert lp.flushes == flushes + 1
 
 
 def test_aex_keeps_the_aexnotify_byte_and_leaves_other_frames_alone(w: World) -> None:

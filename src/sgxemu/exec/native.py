@@ -11,10 +11,10 @@ Design (unicorn-engine-notes.md, "Recommended architecture"):
   TLB `lp.tlb`) for the page's effective rights: page-table rights intersected with the EPCM.
   Entries are W^X (a write fill never grants X, a fetch fill never grants W), which keeps stores
   on Unicorn's fast path and forces a fetch fill (hence a code scan, see vex.py) before code on
-  a page runs. `lp.on_flush` invalidates Unicorn's TLB, so a translation made before an EMODPR
-  on another LP stays usable until this thread leaves the enclave, as on hardware (the flush
-  re-checks the few pages the thread used instead of clearing Unicorn's tables when it can:
-  `_entry_flush`).
+  a page runs. A flush of `lp.tlb` (counted in `lp.flushes`) invalidates Unicorn's TLB before
+  the next run, so a translation made before an EMODPR on another LP stays usable until this
+  thread leaves the enclave, as on hardware (the flush re-checks the few pages the thread used
+  instead of clearing Unicorn's tables when it can: `_entry_flush`).
 * A refused fill becomes the modelled fault. Unicorn reports only the page; the exact #PF
   address is recovered by decoding the faulting instruction (fault_addr.py); a fetch fault on a
   page the code ran into is re-run up to the instruction that touches it, so RIP is exact too.
@@ -49,7 +49,6 @@ import ctypes
 import mmap
 import struct
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from unicorn import x86_const as ux
@@ -272,7 +271,7 @@ class NativeEngine:
         self._ctx_fx = self._regs.xsave()  # the x87/SSE state of that context, as FXSAVE gives it
         self._boot = False
         self._flush_tlb_now()
-        _FlushChain.attach(lp, self.flush_tlb)
+        self._flushes = lp.flushes  # the LP flushes this engine's translations are as of
 
     # -- Engine protocol ---------------------------------------------------------------------------
     @property
@@ -298,8 +297,10 @@ class NativeEngine:
         regs = self._regs
         remaining = budget
         retired = 0
+        lp = self.lp
         while True:
-            if self._tlb_stale:
+            if self._tlb_stale or lp.flushes != self._flushes:
+                self._flushes = lp.flushes
                 self._entry_flush()
             regs.sync()
             rip = regs[_RIP]
@@ -380,7 +381,6 @@ class NativeEngine:
 
         Call it before the processor's EPC is closed: Unicorn maps the EPC buffer directly.
         """
-        _FlushChain.detach(self.lp, self.flush_tlb)
         self._closed = True
         self._finalizer()
 
@@ -1070,37 +1070,6 @@ def _host_address(buffer: Any) -> int:
     addr = ctypes.addressof(obj)
     del obj
     return addr
-
-
-class _FlushChain:
-    """`lp.on_flush` when several engines (or other TLB users) share a logical processor."""
-
-    def __init__(self, callbacks: list[Callable[[], None]]) -> None:
-        self.callbacks = callbacks
-
-    def __call__(self) -> None:
-        for cb in self.callbacks:
-            cb()
-
-    @staticmethod
-    def attach(lp: LogicalProcessor, cb: Callable[[], None]) -> None:
-        cur = lp.on_flush
-        if cur is None:
-            lp.on_flush = cb
-        elif isinstance(cur, _FlushChain):
-            cur.callbacks.append(cb)
-        else:
-            lp.on_flush = _FlushChain([cur, cb])
-
-    @staticmethod
-    def detach(lp: LogicalProcessor, cb: Callable[[], None]) -> None:
-        cur = lp.on_flush
-        if cur == cb:
-            lp.on_flush = None
-        elif isinstance(cur, _FlushChain):
-            cur.callbacks[:] = [c for c in cur.callbacks if c != cb]
-            if len(cur.callbacks) == 1:
-                lp.on_flush = cur.callbacks[0]
 
 
 class _TlbEntry(ctypes.Structure):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ class LogicalProcessor:
         "saved_tf",
         "tlb",
         "event_pending",
-        "on_flush",
+        "flushes",
     )
 
     def __init__(self, index: int) -> None:
@@ -50,13 +49,13 @@ class LogicalProcessor:
         self.tlb: dict[int, tuple[int, int]] = {}
         # An interrupt waiting to be taken: EINIT reports SGX_UNMASKED_EVENT while set.
         self.event_pending = False
-        # An engine that caches translations itself (Unicorn) registers its flush here.
-        self.on_flush: Callable[[], None] | None = None
+        # How many times the TLB was flushed: an engine that caches translations itself
+        # (Unicorn) compares it with the count it last acted on.
+        self.flushes = 0
 
     def flush_tlb(self) -> None:
         self.tlb.clear()
-        if self.on_flush is not None:
-            self.on_flush()
+        self.flushes += 1
 
     def __repr__(self) -> str:
         where = f"inside eid={self.secs.eid}" if self.secs is not None else "outside"

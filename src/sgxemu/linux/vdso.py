@@ -56,7 +56,7 @@ class EnclaveCall:
     """One __vdso_sgx_enter_enclave invocation by a thread."""
 
     __slots__ = (
-        "thread", "machine", "engine", "_flush_tlb", "parent", "busy", "run", "leaf", "state",
+        "thread", "machine", "engine", "parent", "busy", "run", "leaf", "state",
         "done", "result", "pending", "error", "entries", "_last_fault", "_repeats",
     )  # fmt: skip
 
@@ -68,7 +68,6 @@ class EnclaveCall:
         self.machine = thread.machine
         # The thread's engine is made once and kept for its life: look it up once per call.
         self.engine = engine = thread.engine
-        self._flush_tlb = engine.flush_tlb
         self.parent = thread.call  # a call made from this thread's user handler nests
         self.busy = False  # being stepped (its user handler may be running)
         self.run = run
@@ -152,9 +151,6 @@ class EnclaveCall:
         m = self.machine
         engine = self.engine
         m.claim_lp(self.thread)
-        # Several threads may share a logical processor, each with its own engine: the one
-        # about to run is the one whose cached translations entry and exit must flush.
-        engine.lp.on_flush = self._flush_tlb
         try:
             m.cpu.enclu(engine.lp, engine.regs, engine.mem)
         except SgxFault as fault:

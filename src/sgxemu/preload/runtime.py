@@ -522,7 +522,6 @@ class Runtime:
         try:
             while True:
                 m.claim_lp(t)
-                lp.on_flush = engine.flush_tlb
                 try:
                     m.cpu.enclu(lp, view, mem)
                 except SgxFault as fault:
