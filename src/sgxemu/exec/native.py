@@ -303,7 +303,7 @@ class NativeEngine:
                 self._flushes = lp.flushes
                 self._entry_flush()
             regs.sync()
-            rip = regs[_RIP]
+            rip = regs.values[_RIP] if regs.loaded else regs[_RIP]
             self._stop = 0
             self._restart = 0
             self._fault = None
@@ -1007,7 +1007,8 @@ class NativeEngine:
         """AEX for `fault` with RIP at `rip` (default: the current RIP). `held`: the ENCLU hook
         stopped the run (a leaf's fault, or #UD): QEMU itself raised only #UD."""
         regs = self._regs
-        regs.load_all()
+        if not regs.loaded:
+            regs.load_all()
         if rip is not None:
             regs[_RIP] = rip
         if not held:

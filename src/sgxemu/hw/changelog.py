@@ -34,8 +34,11 @@ class LoggedDict(dict[int, _V]):
         log = self._log
         log.append(key)
         if len(log) > LOG_LIMIT:
-            del log[: LOG_LIMIT // 2]
-            self._log_base += LOG_LIMIT // 2
+            self._trim()
+
+    def _trim(self) -> None:
+        del self._log[: LOG_LIMIT // 2]
+        self._log_base += LOG_LIMIT // 2
 
     def changed_since(self, version: int) -> list[int] | None:
         """The keys changed after `version` (with repeats), or None when the log no longer
@@ -52,7 +55,11 @@ class LoggedDict(dict[int, _V]):
 
     # -- every mutation of the dict, noted --------------------------------------------------
     def __setitem__(self, key: int, value: _V) -> None:
-        self.note(key)
+        self.version += 1  # (`note`, inlined: every PTE store comes here)
+        log = self._log
+        log.append(key)
+        if len(log) > LOG_LIMIT:
+            self._trim()
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: int) -> None:

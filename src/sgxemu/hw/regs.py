@@ -145,7 +145,15 @@ _RAX = Reg.RAX  # (an enum class attribute lookup costs a dict miss)
 _RFLAGS = Reg.RFLAGS
 
 
-def set_result(regs: RegisterFile, code: int, carry: bool = False) -> None:
+class _RegisterSlots(Protocol):
+    """What `set_result` needs: a `RegisterFile`, or a `get_all` list about to be `set_all`."""
+
+    def __getitem__(self, reg: Reg, /) -> int: ...
+
+    def __setitem__(self, reg: Reg, value: int, /) -> None: ...
+
+
+def set_result(regs: _RegisterSlots, code: int, carry: bool = False) -> None:
     """RAX and RFLAGS for a leaf with an error code: ZF (or CF) flags a non-zero code."""
     flags = regs[_RFLAGS] & ~ARITH_FLAGS
     if code:

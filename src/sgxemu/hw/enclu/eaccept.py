@@ -50,6 +50,7 @@ _SUCCESS = SgxError.SUCCESS
 _OFFSET_MASK = PAGE_SIZE - 1
 _ZERO_RESERVED = bytes(SECINFO_SIZE - 8)  # SECINFO bytes 8..63 must be zero
 _U64 = struct.Struct("<Q")
+_MASK64 = (1 << 64) - 1  # RIP wraps as a register write does
 # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFSBASGX, OGSBASGX, FSLIMIT, GSLIMIT.
 _TCS = struct.Struct("<QQQIIQQQQII")
 
@@ -104,17 +105,19 @@ def _check_tcs(cpu: Processor, index: int, secs: SecsState) -> None:
         raise GeneralProtection()
 
 
-def _finish(regs: RegisterFile, code: int) -> None:
-    """RAX and RFLAGS for `code`, then RIP past the ENCLU."""
-    set_result(regs, code)
-    regs[_RIP] += 3
+def _finish(regs: RegisterFile, values: list[int], code: int) -> None:
+    """RAX and RFLAGS for `code`, then RIP past the ENCLU (`values`: from `regs.get_all`)."""
+    set_result(values, code)
+    values[_RIP] = (values[_RIP] + 3) & _MASK64
+    regs.set_all(values)
 
 
 @enclu_leaf(EncluLeaf.EACCEPT)
 def eaccept(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: AddressSpace) -> None:
     secs = lp.secs
     assert secs is not None
-    rbx, rcx = regs[_RBX], regs[_RCX]
+    values = regs.get_all()  # (one batch each way: RBX and RCX in; RAX, RFLAGS and RIP out)
+    rbx, rcx = values[_RBX], values[_RCX]
     # Hot path: `x & (alignment - 1)` is require_aligned, the range tests are secs.in_elrange.
     base, end = secs.baseaddr, secs.baseaddr + secs.size
     if rbx & 63:  # SECINFO_ALIGN
@@ -141,14 +144,14 @@ def eaccept(cpu: Processor, lp: LogicalProcessor, regs: RegisterFile, mem: Addre
         or e.perms != flags & SECINFO_PERM_MASK
         or e.pt != (flags >> SECINFO_PAGE_TYPE_SHIFT) & 0xFF
     ):
-        _finish(regs, _ATTRIBUTES_MISMATCH)
+        _finish(regs, values, _ATTRIBUTES_MISMATCH)
         return
     # A restriction or type change is accepted only once every thread that could still hold a
     # translation from before it (the caller included) has left [model, spec 6.4].
     if state & (PR | MODIFIED) and not secs.tracked_since(e.epoch):
-        _finish(regs, _NOT_TRACKED)
+        _finish(regs, values, _NOT_TRACKED)
         return
     if e.pt is _PT_TCS:
         _check_tcs(cpu, index, secs)
     e.state = state & ~(PENDING | MODIFIED | PR)
-    _finish(regs, _SUCCESS)
+    _finish(regs, values, _SUCCESS)
