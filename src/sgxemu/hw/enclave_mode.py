@@ -169,7 +169,10 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
             (
                 getattr(mem, "page_table", None) is table
                 and table is not None
-                and _unchanged(cpu.epcm, table, memo)
+                and (
+                    memo.stamp == (cpu.epcm.version, table.version)
+                    or _unchanged(cpu.epcm, table, memo)
+                )
             )
             or _pages_as_recorded(cpu, values, mem, memo)
         ):
@@ -187,16 +190,11 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
 
 def _unchanged(epcm: Epcm, table: PageTable, memo: EntryCheck) -> bool:
     """No PTE or EPCM entry the memo names changed since its stamp (which then moves on)."""
-    now = (epcm.version, table.version)
     at = memo.stamp
-    if at != now:
-        if not (
-            epcm.unchanged_since(at[0], memo.indices)
-            and table.unchanged_since(at[1], memo.vpns)
-        ):
-            return False
-        memo.stamp = now
-    return True
+    if epcm.unchanged_since(at[0], memo.indices) and table.unchanged_since(at[1], memo.vpns):
+        memo.stamp = (epcm.version, table.version)
+        return True
+    return False
 
 
 def _pages_as_recorded(
