@@ -9,7 +9,7 @@ import pytest
 
 from sgxemu.arch.constants import PageType
 from sgxemu.hw.changelog import LOG_LIMIT
-from sgxemu.hw.epcm import Epcm, EpcmEntry
+from sgxemu.hw.epcm import ENTRY_CHANGES, Epcm, EpcmEntry
 from sgxemu.hw.memory import FlatMemory, PageTable, page_table_of
 from sgxemu.linux.usermem import UserMemory
 
@@ -64,51 +64,56 @@ def test_address_spaces_offer_their_page_table() -> None:
     assert page_table_of(object()) is None
 
 
-EPCM_CHANGES: list[tuple[str, Callable[[Epcm, EpcmEntry], Any]]] = [
-    ("add", lambda m, e: m.__setitem__(2, _entry())),
-    ("replace", lambda m, e: m.__setitem__(1, _entry())),
-    ("delete", lambda m, e: m.__delitem__(1)),
-    ("pop", lambda m, e: m.pop(1)),
-    ("popitem", lambda m, e: m.popitem()),
-    ("setdefault-new", lambda m, e: m.setdefault(2, _entry())),
-    ("update", lambda m, e: m.update({2: _entry()})),
-    ("clear", lambda m, e: m.clear()),
-    ("perms", lambda m, e: setattr(e, "perms", 1)),
-    ("state", lambda m, e: setattr(e, "state", 8)),
-    ("pt", lambda m, e: setattr(e, "pt", PageType.PT_TRIM)),
-    ("secs", lambda m, e: setattr(e, "secs", None)),
-    ("linaddr", lambda m, e: setattr(e, "linaddr", 0)),
-    ("epoch", lambda m, e: setattr(e, "epoch", 4)),
-    ("flag-property", lambda m, e: setattr(e, "blocked", True)),
+EPCM_CHANGES: list[tuple[str, Callable[[Epcm], Any]]] = [
+    ("add", lambda m: m.__setitem__(2, _entry())),
+    ("replace", lambda m: m.__setitem__(1, _entry())),
+    ("delete", lambda m: m.__delitem__(1)),
+    ("pop", lambda m: m.pop(1)),
+    ("popitem", lambda m: m.popitem()),
+    ("setdefault-new", lambda m: m.setdefault(2, _entry())),
+    ("update", lambda m: m.update({2: _entry()})),
+    ("clear", lambda m: m.clear()),
 ]
 
 
 @pytest.mark.parametrize(("case", "change"), EPCM_CHANGES, ids=[c[0] for c in EPCM_CHANGES])
-def test_every_epcm_change_counts(case: str, change: Callable[[Epcm, EpcmEntry], Any]) -> None:
+def test_every_epcm_change_counts(case: str, change: Callable[[Epcm], Any]) -> None:
+    epcm = Epcm()
+    epcm[1] = _entry()
+    before = epcm.version
+    change(epcm)
+    assert epcm.version == before + 1
+
+
+FIELD_SETS: list[tuple[str, Callable[[EpcmEntry], Any]]] = [
+    ("perms", lambda e: setattr(e, "perms", 1)),
+    ("state", lambda e: setattr(e, "state", 8)),
+    ("pt", lambda e: setattr(e, "pt", PageType.PT_TRIM)),
+    ("secs", lambda e: setattr(e, "secs", None)),
+    ("linaddr", lambda e: setattr(e, "linaddr", 0)),
+    ("epoch", lambda e: setattr(e, "epoch", 4)),
+    ("flag-property", lambda e: setattr(e, "blocked", True)),
+    ("perm-property", lambda e: setattr(e, "x", True)),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), FIELD_SETS, ids=[c[0] for c in FIELD_SETS])
+def test_every_entry_field_set_is_logged(case: str, change: Callable[[EpcmEntry], Any]) -> None:
     epcm = Epcm()
     e = epcm[1] = _entry()
-    before = epcm.version
-    change(epcm, e)
-    assert epcm.version > before
+    other = _entry()
+    v, before = epcm.version, ENTRY_CHANGES.version
+    change(e)
+    assert set(ENTRY_CHANGES.changed_since(before) or ()) == {id(e)}
+    assert epcm.version == v  # (the table's own log: entries added, removed, replaced)
+    assert not ENTRY_CHANGES.unchanged_since(before, frozenset({id(e)}))
+    assert ENTRY_CHANGES.unchanged_since(before, frozenset({id(other)}))
 
 
-def test_epcm_counts_only_entries_it_holds() -> None:
-    epcm = Epcm()
-    loose = _entry()
-    loose.state = 1  # not in any EPCM yet
-    assert epcm.version == 0
-    epcm[1] = loose
-    replaced = _entry()
-    epcm[2] = replaced
-    epcm[2] = _entry()
-    del epcm[1]
-    v = epcm.version
-    loose.perms = 0  # removed, and replaced: neither is the EPCM's any more
-    replaced.perms = 0
-    assert epcm.version == v
-    assert epcm.get(1) is None and epcm.setdefault(2) is epcm[2] and epcm.version == v
-    epcm[2].perms = 1
-    assert epcm.version == v + 1
+def test_a_new_entry_logs_nothing() -> None:
+    before = ENTRY_CHANGES.version
+    _entry()
+    assert ENTRY_CHANGES.version == before
 
 
 def test_a_new_entry_has_its_fields() -> None:
@@ -143,11 +148,12 @@ def test_change_log_forgets_old_versions_but_never_lies() -> None:
     assert table.changed_since(w) is None and table.changed_since(table.version) == []
 
 
-def test_epcm_log_names_the_index_of_a_changed_entry() -> None:
+def test_epcm_log_names_the_indices_of_entries_added_and_removed() -> None:
     epcm = Epcm()
-    e = epcm[7] = _entry()
+    epcm[7] = _entry()
     epcm[9] = _entry()
     v = epcm.version
-    e.state = 1
+    epcm[7] = _entry()  # replaced
     del epcm[9]
     assert epcm.changed_since(v) == [7, 9]
+    assert epcm.setdefault(7) is epcm[7] and epcm.version == v + 2

@@ -74,7 +74,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Vector
 from ..hw.access import EXECUTE, READ, WRITE, tlb_fill
 from ..hw.enclu.aex import aex
-from ..hw.epcm import EpcmEntry
+from ..hw.epcm import ENTRY_CHANGES, EpcmEntry
 from ..hw.faults import (
     CpuException,
     DeviceNotAvailable,
@@ -245,9 +245,11 @@ class NativeEngine:
         # pages it compared ((EPC offset, content)). See _entry_flush.
         self._page_table = page_table_of(mem)
         self._clean: tuple[Any, ...] | None = None
-        self._clean_at = (0, 0)
+        self._clean_at = (0, 0, 0)
         self._clean_hits: dict[int, tuple[int, int]] = {}
         self._clean_indices: frozenset[int] = frozenset()
+        self._clean_entries: tuple[EpcmEntry, ...] = ()  # (alive: their ids are log keys)
+        self._clean_entry_ids: frozenset[int] = frozenset()
         self._clean_code: list[tuple[int, bytes]] = []
         self._counting = True  # the start-up runs armed Unicorn's count hook
         self._maint = False
@@ -526,11 +528,12 @@ class NativeEngine:
         ):
             cpu = self.cpu
             epcm = cpu.epcm
-            now = (epcm.version, table.version)
+            now = (epcm.version, ENTRY_CHANGES.version, table.version)
             at = self._clean_at
             if at == now or (
                 epcm.unchanged_since(at[0], self._clean_indices)
-                and table.unchanged_since(at[1], self._clean_hits.keys())
+                and ENTRY_CHANGES.unchanged_since(at[1], self._clean_entry_ids)
+                and table.unchanged_since(at[2], self._clean_hits.keys())
             ):
                 self._clean_at = now
                 self.lp.tlb.update(self._clean_hits)
@@ -593,9 +596,12 @@ class NativeEngine:
                 code.append((index << PAGE_SHIFT, self._scanned[index][1]))
         if table is not None:
             self._clean = (secs, secs.baseaddr, secs.size)
-            self._clean_at = (cpu.epcm.version, table.version)
+            self._clean_at = (cpu.epcm.version, ENTRY_CHANGES.version, table.version)
             hits = self._clean_hits = {vpn: tlb[vpn] for vpn in self._granted}
-            self._clean_indices = frozenset(index for index, _ in hits.values() if index >= 0)
+            indices = [index for index, _ in hits.values() if index >= 0]
+            self._clean_indices = frozenset(indices)
+            entries = self._clean_entries = tuple(cpu.epcm[i] for i in indices)
+            self._clean_entry_ids = frozenset(map(id, entries))
             self._clean_code = code
         return True
 

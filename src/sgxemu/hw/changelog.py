@@ -93,3 +93,9 @@ class LoggedDict(dict[int, _V]):
         self._log.clear()
         self._log_base = self.version
         dict.clear(self)
+
+
+class ChangeLog(LoggedDict[None]):
+    """A change log with no table: keys are noted by its owner (`note`), nothing is stored."""
+
+    __slots__ = ()

@@ -27,7 +27,7 @@ from ..arch.structs import (
     GPRSGX_OFF_RIP,
     GPRSGX_OFF_URSP,
 )
-from .epcm import UNUSABLE, Epcm, EpcmEntry
+from .epcm import ENTRY_CHANGES, UNUSABLE, Epcm, EpcmEntry
 from .faults import GeneralProtection
 from .memory import PageTable, page_table_of
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
@@ -113,12 +113,13 @@ class EntryCheck:
     the TCS, its EPCM entry (the object and the fields checked), TCS bytes 0..71, the SECS
     fields used, and for each SSA page checked its linear address, PTE, EPC index, EPCM entry
     and fields. `page_table` and `stamp`: the address space's `PageTable` (None: it has none)
-    and (EPCM version, page-table version) when all of that was last found as recorded;
-    `vpns` and `indices`: the pages whose PTEs and EPCM entries it names (change-log keys)."""
+    and the versions of the EPCM, of `ENTRY_CHANGES` and of the page table when all of that
+    was last found as recorded; `vpns`, `indices` and `entry_ids`: the change-log keys of the
+    pages, EPC pages and EPCM entries it names."""
 
     __slots__ = (
         "tcs_pte", "tcs_epcm", "tcs_fields", "tcs_raw", "secs_fields", "ssa", "entry",
-        "page_table", "stamp", "vpns", "indices",
+        "page_table", "stamp", "vpns", "indices", "entry_ids",
     )  # fmt: skip
 
     def __init__(
@@ -131,7 +132,7 @@ class EntryCheck:
         ssa: tuple[tuple[int, int, int, EpcmEntry, tuple[Any, ...]], ...],
         entry: Entry,
         page_table: PageTable | None,
-        stamp: tuple[int, int],
+        stamp: tuple[int, int, int],
         vpns: frozenset[int],
         indices: frozenset[int],
     ) -> None:
@@ -146,6 +147,7 @@ class EntryCheck:
         self.stamp = stamp
         self.vpns = vpns
         self.indices = indices
+        self.entry_ids = frozenset([id(tcs_epcm), *(id(e) for _, _, _, e, _ in ssa)])
 
 
 def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bool) -> Entry:
@@ -170,7 +172,7 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
                 getattr(mem, "page_table", None) is table
                 and table is not None
                 and (
-                    memo.stamp == (cpu.epcm.version, table.version)
+                    memo.stamp == (cpu.epcm.version, ENTRY_CHANGES.version, table.version)
                     or _unchanged(cpu.epcm, table, memo)
                 )
             )
@@ -191,8 +193,12 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
 def _unchanged(epcm: Epcm, table: PageTable, memo: EntryCheck) -> bool:
     """No PTE or EPCM entry the memo names changed since its stamp (which then moves on)."""
     at = memo.stamp
-    if epcm.unchanged_since(at[0], memo.indices) and table.unchanged_since(at[1], memo.vpns):
-        memo.stamp = (epcm.version, table.version)
+    if (
+        epcm.unchanged_since(at[0], memo.indices)
+        and ENTRY_CHANGES.unchanged_since(at[1], memo.entry_ids)
+        and table.unchanged_since(at[2], memo.vpns)
+    ):
+        memo.stamp = (epcm.version, ENTRY_CHANGES.version, table.version)
         return True
     return False
 
@@ -219,7 +225,7 @@ def _pages_as_recorded(
             return False
     table = memo.page_table
     if getattr(mem, "page_table", None) is table is not None:
-        memo.stamp = (epcm.version, table.version)  # (the PTEs and entries, as recorded)
+        memo.stamp = (epcm.version, ENTRY_CHANGES.version, table.version)  # (as recorded)
     return True
 
 
@@ -272,7 +278,7 @@ def _record(
         tuple(ssa),
         entry,
         table,
-        (epcm.version, table.version if table is not None else -1),
+        (epcm.version, ENTRY_CHANGES.version, table.version if table is not None else -1),
         frozenset([tcs_lin >> PAGE_SHIFT, *(lin >> PAGE_SHIFT for lin, _ in pages)]),
         frozenset([entry.tcs_index, *(index for _, index in pages)]),
     )

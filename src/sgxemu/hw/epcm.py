@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..arch.constants import PageType
-from .changelog import LoggedDict
+from .changelog import ChangeLog, LoggedDict
 
 if TYPE_CHECKING:
     from .secs import SecsState
@@ -28,6 +28,12 @@ PR = 4
 BLOCKED = 8
 # A page that no access may translate: BLOCKED, PENDING or MODIFIED (SDM 38.5 / spec 6.1).
 UNUSABLE = BLOCKED | PENDING | MODIFIED
+
+
+# Every EPCM entry whose field was set, by `id` (the entry is alive while a check holds it):
+# one log for all entries, so an entry needs no reference to its Epcm (memory: one per page).
+# A set on another processor's entry only costs a check its shortcut.
+ENTRY_CHANGES = ChangeLog()
 
 
 def _flag(bit: int, doc: str) -> property:
@@ -53,18 +59,16 @@ def _perm(bit: int, doc: str) -> property:
 class EpcmEntry:
     """EPCM entry of a valid page. `secs` is ENCLAVESECS (the SECS itself for a PT_SECS page).
 
-    Every field set counts as a change of the `Epcm` holding the entry (its change log).
+    Every field set is noted in `ENTRY_CHANGES` (the entry's `id`).
     """
 
-    __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch", "_owner", "_index")
+    __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch")
     pt: PageType
     perms: int
     state: int
     secs: SecsState | None
     linaddr: int
     epoch: int
-    _owner: Epcm | None
-    _index: int  # where `_owner` holds it
 
     def __init__(
         self,
@@ -73,7 +77,7 @@ class EpcmEntry:
         linaddr: int = 0,
         perms: int = 0,
     ) -> None:
-        # (Slot stores that skip __setattr__: a new entry belongs to no Epcm yet.)
+        # (Slot stores that skip __setattr__: a new entry has no history to log.)
         _SET_PT(self, pt)
         _SET_PERMS(self, perms & 7)  # R, W, X
         _SET_STATE(self, 0)  # PENDING, MODIFIED, PR, BLOCKED
@@ -81,12 +85,9 @@ class EpcmEntry:
         _SET_LINADDR(self, linaddr)  # ENCLAVEADDRESS
         # Hidden tracking reference [model, spec 6.4]: SECS epoch at the last EBLOCK/EMODPR/EMODT.
         _SET_EPOCH(self, TRACKED)
-        _SET_OWNER(self, None)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        owner = self._owner
-        if owner is not None:
-            owner.note(self._index)
+        ENTRY_CHANGES.note(id(self))
         object.__setattr__(self, name, value)
 
     r = _perm(R, "EPCM.R")
@@ -119,38 +120,13 @@ _SET_STATE = _SLOTS["state"].__set__
 _SET_SECS = _SLOTS["secs"].__set__
 _SET_LINADDR = _SLOTS["linaddr"].__set__
 _SET_EPOCH = _SLOTS["epoch"].__set__
-_SET_OWNER = _SLOTS["_owner"].__set__
-_SET_INDEX = _SLOTS["_index"].__set__
 
 
 class Epcm(LoggedDict[EpcmEntry]):
     """EPC index -> entry, with a change log (`version`, `changed_since`) of the indices whose
-    entry was added, removed or replaced, or had a field set (the entry notes it). A check
-    that read entries (the entry-check memo, the native engine's TLB re-check at entry) knows
-    which ones changed since without reading them again.
+    entry was added, removed or replaced. Field sets of entries are logged apart, in
+    `ENTRY_CHANGES`. A check that read entries (the entry-check memo, the native engine's TLB
+    re-check at entry) knows from the two which ones changed since without reading them again.
     """
 
     __slots__ = ()
-
-    def __setitem__(self, index: int, entry: EpcmEntry) -> None:
-        old = dict.get(self, index)
-        if old is not None and old is not entry:
-            _SET_OWNER(old, None)
-        _SET_OWNER(entry, self)
-        _SET_INDEX(entry, index)
-        super().__setitem__(index, entry)
-
-    def __delitem__(self, index: int) -> None:
-        _SET_OWNER(dict.__getitem__(self, index), None)
-        super().__delitem__(index)
-
-    def pop(self, index: int, *default: Any) -> Any:
-        entry = super().pop(index, *default)
-        if isinstance(entry, EpcmEntry):
-            _SET_OWNER(entry, None)
-        return entry
-
-    def clear(self) -> None:
-        for entry in dict.values(self):
-            _SET_OWNER(entry, None)
-        super().clear()
