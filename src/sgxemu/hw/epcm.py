@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..arch.constants import PageType
-from .changelog import ChangeLog, LoggedDict
+from .changelog import LOG_LIMIT, ChangeLog, LoggedDict
 
 if TYPE_CHECKING:
     from .secs import SecsState
@@ -56,19 +56,10 @@ def _perm(bit: int, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
-class EpcmEntry:
-    """EPCM entry of a valid page. `secs` is ENCLAVESECS (the SECS itself for a PT_SECS page).
-
-    Every field set is noted in `ENTRY_CHANGES` (the entry's `id`).
-    """
+class _EpcmFields:
+    """The fields of an EPCM entry, stored as plain slots (what `EpcmEntry` is made from)."""
 
     __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch")
-    pt: PageType
-    perms: int
-    state: int
-    secs: SecsState | None
-    linaddr: int
-    epoch: int
 
     def __init__(
         self,
@@ -77,17 +68,42 @@ class EpcmEntry:
         linaddr: int = 0,
         perms: int = 0,
     ) -> None:
-        # (Slot stores that skip __setattr__: a new entry has no history to log.)
-        _SET_PT(self, pt)
-        _SET_PERMS(self, perms & 7)  # R, W, X
-        _SET_STATE(self, 0)  # PENDING, MODIFIED, PR, BLOCKED
-        _SET_SECS(self, secs)
-        _SET_LINADDR(self, linaddr)  # ENCLAVEADDRESS
+        self.pt = pt
+        self.perms = perms & 7  # R, W, X
+        self.state = 0  # PENDING, MODIFIED, PR, BLOCKED
+        self.secs = secs
+        self.linaddr = linaddr  # ENCLAVEADDRESS
         # Hidden tracking reference [model, spec 6.4]: SECS epoch at the last EBLOCK/EMODPR/EMODT.
-        _SET_EPOCH(self, TRACKED)
+        self.epoch = TRACKED
+
+
+class EpcmEntry(_EpcmFields):
+    """EPCM entry of a valid page. `secs` is ENCLAVESECS (the SECS itself for a PT_SECS page).
+
+    Every field set is noted in `ENTRY_CHANGES` (the entry's `id`).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, pt: PageType, secs: SecsState | None, linaddr: int = 0, perms: int = 0
+    ) -> Any:
+        # Made as plain fields, then given this class: a new entry has no history to log, and
+        # stores through __setattr__ would cost three times as much.
+        entry = _EpcmFields(pt, secs, linaddr, perms)
+        entry.__class__ = cls
+        return entry
+
+    def __init__(self, *args: Any) -> None:
+        pass  # (the fields were set in __new__)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        ENTRY_CHANGES.note(id(self))
+        log = ENTRY_CHANGES  # (`note`, inlined: every EPCM field store comes here)
+        log.version += 1
+        keys = log._log
+        keys.append(id(self))
+        if len(keys) > LOG_LIMIT:
+            log._trim()
         object.__setattr__(self, name, value)
 
     r = _perm(R, "EPCM.R")
@@ -111,15 +127,6 @@ class EpcmEntry:
         bits = "".join(c if self.perms & b else "-" for c, b in (("R", R), ("W", W), ("X", X)))
         state = [n for n in ("pending", "modified", "pr", "blocked") if getattr(self, n)]
         return f"EpcmEntry({self.pt.name} {bits} {' '.join(state)} lin={self.linaddr:#x})"
-
-
-_SLOTS: dict[str, Any] = dict(EpcmEntry.__dict__)  # the slot descriptors
-_SET_PT = _SLOTS["pt"].__set__
-_SET_PERMS = _SLOTS["perms"].__set__
-_SET_STATE = _SLOTS["state"].__set__
-_SET_SECS = _SLOTS["secs"].__set__
-_SET_LINADDR = _SLOTS["linaddr"].__set__
-_SET_EPOCH = _SLOTS["epoch"].__set__
 
 
 class Epcm(LoggedDict[EpcmEntry]):
