@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..arch.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PageType
@@ -17,7 +18,7 @@ from .encls import encls_failed
 from .epc import SgxEpcPage
 from .errors import KernelError
 from .mman import PROT_READ, PROT_WRITE
-from .vma import VM_ACCESS_FLAGS, Mm, Vma, calc_vm_prot_bits
+from .vma import VM_ACCESS_FLAGS, Mm, Vma
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -161,7 +162,8 @@ def sgx_encl_page_alloc(encl: SgxEncl, offset: int, secinfo_flags: int) -> SgxEn
     prot = secinfo_flags & (SGX_SECINFO_R | SGX_SECINFO_W | SGX_SECINFO_X)  # same bit values
     if secinfo_flags & SGX_SECINFO_PAGE_TYPE_MASK == SGX_SECINFO_TCS:
         prot |= PROT_READ | PROT_WRITE  # TCS SECINFO perms are always 0, the CPU needs RW
-    return SgxEnclPage(encl.base + offset, encl, calc_vm_prot_bits(prot))
+    vm_max_prot_bits = prot & VM_ACCESS_FLAGS  # (`calc_vm_prot_bits` inlined)
+    return SgxEnclPage(encl.base + offset, encl, vm_max_prot_bits)
 
 
 # sgx_encl_free_epc_page (encl.c): EREMOVE, and only on success back to the free list
@@ -320,10 +322,11 @@ def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
     # The policy gives the maximum (RWX since Linux 6.0: EACCEPT/EMODPE decide the EPCM rights).
     encl_page = sgx_encl_page_alloc(encl, (addr & PAGE_MASK) - encl.base, policy.eaug_secinfo)
     reclaim = policy.eaug_reclaim  # False since "Support VA page allocation without reclaiming"
-    try:
-        sgx_encl_load_secs(m, encl)
-    except KernelError as e:
-        return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
+    if encl.secs.epc_page is None:  # (else `sgx_encl_load_secs` has nothing to do)
+        try:
+            sgx_encl_load_secs(m, encl)
+        except KernelError as e:
+            return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     try:
         epc_page = m.epc.alloc(encl_page, reclaim)
     except KernelError as e:
@@ -455,14 +458,13 @@ class SgxVmOps:
 
     def __init__(self, m: Machine) -> None:
         self.m = m
+        # .fault = sgx_vma_fault: bound to the machine by a partial, no method frame per fault.
+        self.fault: Callable[[Vma, int], int] = partial(sgx_vma_fault, m)
 
     @property
     def wants_writenotify(self) -> bool:
         """The policy installs a .pfn_mkwrite (vma_wants_writenotify)."""
         return self.m.policy.wants_writenotify
-
-    def fault(self, vma: Vma, addr: int) -> int:
-        return sgx_vma_fault(self.m, vma, addr)
 
     def access(self, vma: Vma, addr: int, buf: bytearray, write: bool) -> int:
         return sgx_vma_access(self.m, vma, addr, buf, write)

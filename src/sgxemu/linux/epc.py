@@ -49,6 +49,7 @@ class SgxEpc:
         self.cpu = cpu
         self.npages = cpu.epc.npages
         self.pages: dict[int, SgxEpcPage] = {}
+        self._epc_base = cpu.epc.base  # a page's address: base + (index << 12) (`Epc.address`)
         self._next_fresh = 0  # pages never handed out yet sit at the head of the free list
         self._freed: deque[SgxEpcPage] = deque()
         self.nr_free_pages = self.npages
@@ -62,14 +63,17 @@ class SgxEpc:
     def page(self, index: int) -> SgxEpcPage:
         page = self.pages.get(index)
         if page is None:
-            page = self.pages[index] = SgxEpcPage(index, self.cpu.epc.address(index))
+            page = self.pages[index] = SgxEpcPage(index, self._epc_base + (index << 12))
         return page
 
     # __sgx_alloc_epc_page (main.c)
     def _alloc_free(self) -> SgxEpcPage | None:
-        if self._next_fresh < self.npages:
-            page = self.page(self._next_fresh)
-            self._next_fresh += 1
+        index = self._next_fresh
+        if index < self.npages:
+            self._next_fresh = index + 1
+            page = self.pages.get(index)  # (`page` inlined: one call per allocation)
+            if page is None:
+                page = self.pages[index] = SgxEpcPage(index, self._epc_base + (index << 12))
         elif self._freed:
             page = self._freed.popleft()
         else:
@@ -103,7 +107,7 @@ class SgxEpc:
                 break
             self.reclaim_pages()
             self.cond_resched(current)
-        if self.should_reclaim(SGX_NR_LOW_PAGES):
+        if self.nr_free_pages < SGX_NR_LOW_PAGES and self.active:  # (`should_reclaim` inlined)
             self.wake_ksgxd()
         if error or page is None:
             raise KernelError(error)
