@@ -63,7 +63,11 @@ class LoggedDict(dict[int, _V]):
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: int) -> None:
-        self.note(key)
+        self.version += 1  # (`note`, inlined: EWB and EREMOVE come here)
+        log = self._log
+        log.append(key)
+        if len(log) > LOG_LIMIT:
+            self._trim()
         dict.__delitem__(self, key)
 
     def pop(self, key: int, *default: Any) -> Any:

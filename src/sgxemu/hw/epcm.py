@@ -7,6 +7,7 @@ millions of them; the SDM's field names are properties over those ints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..arch.constants import PageType
@@ -57,24 +58,18 @@ def _perm(bit: int, doc: str) -> property:
 
 
 class _EpcmFields:
-    """The fields of an EPCM entry, stored as plain slots (what `EpcmEntry` is made from)."""
+    """The fields of an EPCM entry as plain slots (what `EpcmEntry.__new__` fills in)."""
 
     __slots__ = ("pt", "perms", "state", "secs", "linaddr", "epoch")
+    pt: PageType
+    perms: int
+    state: int
+    secs: SecsState | None
+    linaddr: int
+    epoch: int
 
-    def __init__(
-        self,
-        pt: PageType,
-        secs: SecsState | None,
-        linaddr: int = 0,
-        perms: int = 0,
-    ) -> None:
-        self.pt = pt
-        self.perms = perms & 7  # R, W, X
-        self.state = 0  # PENDING, MODIFIED, PR, BLOCKED
-        self.secs = secs
-        self.linaddr = linaddr  # ENCLAVEADDRESS
-        # Hidden tracking reference [model, spec 6.4]: SECS epoch at the last EBLOCK/EMODPR/EMODT.
-        self.epoch = TRACKED
+
+_new_fields = object.__new__
 
 
 class EpcmEntry(_EpcmFields):
@@ -85,17 +80,27 @@ class EpcmEntry(_EpcmFields):
 
     __slots__ = ()
 
+    # No __init__: __new__ makes the whole entry (object.__init__ then ignores the arguments).
     def __new__(
-        cls, pt: PageType, secs: SecsState | None, linaddr: int = 0, perms: int = 0
+        cls,
+        pt: PageType,
+        secs: SecsState | None,
+        linaddr: int = 0,
+        perms: int = 0,
+        state: int = 0,
     ) -> Any:
-        # Made as plain fields, then given this class: a new entry has no history to log, and
-        # stores through __setattr__ would cost three times as much.
-        entry = _EpcmFields(pt, secs, linaddr, perms)
+        # Filled in as plain fields, then given this class: a new entry has no history to log,
+        # and stores through __setattr__ would cost three times as much.
+        entry = _new_fields(_EpcmFields)
+        entry.pt = pt
+        entry.perms = perms & 7  # R, W, X
+        entry.state = state  # PENDING, MODIFIED, PR, BLOCKED
+        entry.secs = secs
+        entry.linaddr = linaddr  # ENCLAVEADDRESS
+        # Hidden tracking reference [model, spec 6.4]: SECS epoch at the last EBLOCK/EMODPR/EMODT.
+        entry.epoch = TRACKED
         entry.__class__ = cls
         return entry
-
-    def __init__(self, *args: Any) -> None:
-        pass  # (the fields were set in __new__)
 
     def __setattr__(self, name: str, value: Any) -> None:
         log = ENTRY_CHANGES  # (`note`, inlined: every EPCM field store comes here)
@@ -137,3 +142,8 @@ class Epcm(LoggedDict[EpcmEntry]):
     """
 
     __slots__ = ()
+
+
+# An entry stored at an index that holds none (every leaf that creates an entry checks that
+# first): no check can hold a free index, so the store needs no log. A plain dict store.
+insert_at_free_index: Callable[[Epcm, int, EpcmEntry], None] = dict.__setitem__

@@ -14,7 +14,7 @@ from ...arch.constants import (
     EnclsLeaf,
     PageType,
 )
-from ..epcm import EpcmEntry
+from ..epcm import EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
 from ..operands import epc_page, epcm_fault, read_operand, read_pageinfo
@@ -104,6 +104,6 @@ def eadd(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
     measurement.eadd_checked(linaddr - base, flags)  # a u64 offset (in ELRANGE) and FLAGS
     off = index << 12
     cpu.epc.buffer[off : off + PAGE_SIZE] = page  # cpu.epc.write(index, 0, page)
-    epcm[index] = EpcmEntry(_PT_TCS if tcs else _PT_REG, secs, linaddr, perms)
+    insert_at_free_index(epcm, index, EpcmEntry(_PT_TCS if tcs else _PT_REG, secs, linaddr, perms))
     secs.chldcnt += 1
     return 0

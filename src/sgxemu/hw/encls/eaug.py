@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...arch.constants import SECINFO_SIZE, Attribute, EnclsLeaf, PageType
-from ..epcm import PENDING, EpcmEntry
+from ..epcm import PENDING, EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
 from ..memory import FlatMemory
@@ -73,8 +73,7 @@ def eaug(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
         raise GeneralProtection()
     if index in epc.dirty:  # (else `zero` has nothing to do: the page reads as zero)
         epc.zero(index)
-    entry = EpcmEntry(_PT_REG, secs, linaddr, _RW)
-    object.__setattr__(entry, "state", PENDING)  # (a new entry: no check holds it, no log)
-    epcm[index] = entry
+    entry = EpcmEntry(_PT_REG, secs, linaddr, _RW, PENDING)
+    insert_at_free_index(epcm, index, entry)
     secs.chldcnt += 1
     return 0

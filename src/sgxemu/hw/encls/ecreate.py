@@ -18,7 +18,7 @@ from ...arch.constants import (
     Miscselect,
     PageType,
 )
-from ..epcm import EpcmEntry
+from ..epcm import EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
 from ..operands import (
@@ -117,5 +117,5 @@ def ecreate(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> 
     assert secs.measurement is not None
     secs.measurement.ecreate(ssaframesize, size)
     cpu.epc.write(index, 0, bytes(page))
-    cpu.epcm[index] = EpcmEntry(PageType.PT_SECS, secs)
+    insert_at_free_index(cpu.epcm, index, EpcmEntry(PageType.PT_SECS, secs))
     return 0

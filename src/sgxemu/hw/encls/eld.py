@@ -12,7 +12,7 @@ from ...arch.constants import (
     SgxError,
 )
 from ...arch.structs import PCMD_OFF_MAC
-from ..epcm import BLOCKED, EpcmEntry
+from ..epcm import BLOCKED, EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..measurement import MeasurementState
 from ..operands import (
@@ -107,11 +107,10 @@ def load_page(
         plaintext = page
     _U64.pack_into(epc.buffer, slot_offset, 0)  # replay protection: the blob is good exactly once
     epc.write(index, 0, plaintext)
-    entry = EpcmEntry(page_type, secs, linaddr, flags & 0x7)
     # PENDING, MODIFIED and PR come back from SECINFO.FLAGS bits 3..5 (EPCM state bits 0..2).
     # Only child pages can come back BLOCKED; their tracking debt was paid before EWB (TRACKED).
-    entry.state = ((flags >> 3) & 0x7) | (BLOCKED if blocked and child else 0)
-    epcm[index] = entry
+    state = ((flags >> 3) & 0x7) | (BLOCKED if blocked and child else 0)
+    insert_at_free_index(epcm, index, EpcmEntry(page_type, secs, linaddr, flags & 0x7, state))
     if child:
         assert secs is not None
         secs.chldcnt += 1

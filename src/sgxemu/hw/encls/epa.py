@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...arch.constants import PAGE_SIZE, EnclsLeaf, PageType
-from ..epcm import EpcmEntry
+from ..epcm import EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
 from ..operands import epc_page, epcm_fault, require_aligned
@@ -24,5 +24,5 @@ def epa(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int:
     if index in cpu.epcm:
         raise epcm_fault(rcx, write=True)
     cpu.epc.zero(index)  # all 512 slots empty
-    cpu.epcm[index] = EpcmEntry(PageType.PT_VA, None)
+    insert_at_free_index(cpu.epcm, index, EpcmEntry(PageType.PT_VA, None))
     return 0
