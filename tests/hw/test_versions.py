@@ -9,7 +9,7 @@ import pytest
 
 from sgxemu.arch.constants import PageType
 from sgxemu.hw.changelog import LOG_LIMIT
-from sgxemu.hw.epcm import ENTRY_CHANGES, Epcm, EpcmEntry
+from sgxemu.hw.epcm import ENTRY_CHANGES, PENDING, Epcm, EpcmEntry, insert_at_free_index
 from sgxemu.hw.memory import FlatMemory, PageTable, page_table_of
 from sgxemu.linux.usermem import UserMemory
 
@@ -157,3 +157,20 @@ def test_epcm_log_names_the_indices_of_entries_added_and_removed() -> None:
     del epcm[9]
     assert epcm.changed_since(v) == [7, 9]
     assert epcm.setdefault(7) is epcm[7] and epcm.version == v + 2
+
+
+def test_a_free_index_refilled_is_seen_through_its_removal() -> None:
+    """Leaves store new entries at free indices without a log entry: a check that held the
+    index saw it occupied, so the removal that freed it is in the log."""
+    epcm = Epcm()
+    epcm[3] = _entry()
+    v = epcm.version
+    del epcm[3]
+    insert_at_free_index(epcm, 3, _entry())
+    assert epcm.changed_since(v) == [3] and epcm.version == v + 1
+    assert not epcm.unchanged_since(v, frozenset({3}))
+
+
+def test_a_new_entry_takes_its_state() -> None:
+    e = EpcmEntry(PageType.PT_REG, None, 0x2000, 3, PENDING)
+    assert (e.state, e.pending, type(e)) == (PENDING, True, EpcmEntry)
