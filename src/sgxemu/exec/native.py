@@ -164,6 +164,7 @@ _SCANS = weakref.WeakKeyDictionary()
 
 # Module-level copies of the registers the hot paths use (enum attribute lookups are slow).
 _RIP = Reg.RIP
+_MASK64 = (1 << 64) - 1
 
 # Why a run stopped early (besides a fault).
 _STOP_EEXIT = 1
@@ -206,6 +207,7 @@ class NativeEngine:
                           ctypes.c_size_t())  # fmt: skip
         self._hv = self._raw.handle  # the handle as a plain pointer for prototype-less calls
         self._regs = UcRegisterView(self._raw)
+        self.regs: RegisterFile = self._regs  # (the Engine protocol's `regs`: a plain attribute)
         self._sweeper = Sweeper(sgx2=cpu.sgx2)
         self._epc_base = cpu.epc.base
         self._decoder = FaultDecoder()
@@ -276,10 +278,6 @@ class NativeEngine:
         self._flushes = lp.flushes  # the LP flushes this engine's translations are as of
 
     # -- Engine protocol ---------------------------------------------------------------------------
-    @property
-    def regs(self) -> RegisterFile:
-        return self._regs
-
     @property
     def view(self) -> UcRegisterView:
         """The register view with its engine-specific extras (load_all, sync, ...)."""
@@ -531,9 +529,9 @@ class NativeEngine:
             now = (epcm.version, ENTRY_CHANGES.version, table.version)
             at = self._clean_at
             if at == now or (
-                epcm.unchanged_since(at[0], self._clean_indices)
-                and ENTRY_CHANGES.unchanged_since(at[1], self._clean_entry_ids)
-                and table.unchanged_since(at[2], self._clean_hits.keys())
+                (at[0] == now[0] or epcm.unchanged_since(at[0], self._clean_indices))
+                and (at[1] == now[1] or ENTRY_CHANGES.unchanged_since(at[1], self._clean_entry_ids))
+                and (at[2] == now[2] or table.unchanged_since(at[2], self._clean_hits.keys()))
             ):
                 self._clean_at = now
                 self.lp.tlb.update(self._clean_hits)
@@ -764,7 +762,8 @@ class NativeEngine:
                 # #UD (cheaper than uc_emu_stop); the next run starts from the view anyway.
                 self._stop = _STOP_EEXIT
                 return False
-            regs[_RIP] = rip + i + 3
+            regs.values[_RIP] = (rip + i + 3) & _MASK64  # (loaded: the leaf ran on the view)
+            regs.dirty = True
             regs.sync()
             return True
         except BaseException as exc:

@@ -193,12 +193,13 @@ def check_entry(cpu: Processor, values: list[int], mem: AddressSpace, resume: bo
 def _unchanged(epcm: Epcm, table: PageTable, memo: EntryCheck) -> bool:
     """No PTE or EPCM entry the memo names changed since its stamp (which then moves on)."""
     at = memo.stamp
+    now = (epcm.version, ENTRY_CHANGES.version, table.version)
     if (
-        epcm.unchanged_since(at[0], memo.indices)
-        and ENTRY_CHANGES.unchanged_since(at[1], memo.entry_ids)
-        and table.unchanged_since(at[2], memo.vpns)
+        (at[0] == now[0] or epcm.unchanged_since(at[0], memo.indices))
+        and (at[1] == now[1] or ENTRY_CHANGES.unchanged_since(at[1], memo.entry_ids))
+        and (at[2] == now[2] or table.unchanged_since(at[2], memo.vpns))
     ):
-        memo.stamp = (epcm.version, ENTRY_CHANGES.version, table.version)
+        memo.stamp = now
         return True
     return False
 
