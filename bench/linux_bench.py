@@ -16,10 +16,11 @@ native engine, through the Python API a host program uses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sgxemu import Machine, uapi
 from sgxemu.arch.constants import PAGE_SIZE
 from sgxemu.linux.load import encl_build, sign
 from sgxemu.linux.mman import MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE
+from sgxemu.linux.process import Process
 from sgxemu.loader.selftest_layout import EnclaveImage, load_segments
 from sgxemu.testenclave import build_test_enclave
 from sgxemu.testenclave import protocol as P
@@ -79,6 +81,21 @@ def _accept_loop_image(encl_size: int) -> EnclaveImage:
     return dataclasses.replace(image, encl_size=max(encl_size, image.encl_size))
 
 
+@contextlib.contextmanager
+def _augmentable(image: EnclaveImage, pages: int) -> Iterator[tuple[Process, int, int, Any]]:
+    """`image` built in a fresh process on the native engine, its ELRANGE beyond the image
+    mapped for EAUG on fault (at least `pages` pages): (process, first such page, a page of
+    user memory for the op, the vDSO run struct)."""
+    with Machine(epc_size=128 << 20, engine="native") as m:
+        proc = m.spawn()
+        e = encl_build(proc, image, sigstruct=sign(image, _key()))
+        start = e.base + image.src_size
+        length = e.size - image.src_size
+        assert length >= pages * PAGE_SIZE
+        proc.mmap(start, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, e.fd, 0)
+        yield proc, start, proc.alloc(PAGE_SIZE), uapi.sgx_enclave_run(tcs=e.tcs)
+
+
 def fault_eaug_eaccept_us_per_page(quick: bool = False) -> float:
     """µs per fresh page an enclave EACCEPTs in a loop: #PF, AEX, EAUG, ERESUME, EACCEPT.
 
@@ -86,15 +103,7 @@ def fault_eaug_eaccept_us_per_page(quick: bool = False) -> float:
     batch = 32 if quick else 256
     pages = 8 * batch
     image = _accept_loop_image(1 << (pages * PAGE_SIZE * 2 - 1).bit_length())
-    with Machine(epc_size=128 << 20, engine="native") as m:
-        proc = m.spawn()
-        e = encl_build(proc, image, sigstruct=sign(image, _key()))
-        start = e.base + image.src_size
-        length = e.size - image.src_size
-        assert length >= (pages + 1) * PAGE_SIZE
-        proc.mmap(start, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, e.fd, 0)
-        op_addr = proc.alloc(PAGE_SIZE)
-        run = uapi.sgx_enclave_run(tcs=e.tcs)
+    with _augmentable(image, pages + 1) as (proc, start, op_addr, run):
 
         def accept(first: int, count: int) -> None:
             proc.write(op_addr, _ACCEPT_RANGE.pack(first, count, SECINFO_REG_RW_PENDING, 0, 0))
@@ -119,15 +128,7 @@ def fault_eaug_eaccept_ecall_us_per_page(quick: bool = False) -> float:
     ERESUME, EACCEPT, EEXIT."""
     pages = 256 if quick else 2048
     image = _image(1 << (pages * PAGE_SIZE * 2 - 1).bit_length())
-    with Machine(epc_size=128 << 20, engine="native") as m:
-        proc = m.spawn()
-        e = encl_build(proc, image, sigstruct=sign(image, _key()))
-        start = e.base + image.src_size
-        length = e.size - image.src_size
-        assert length >= pages * PAGE_SIZE
-        proc.mmap(start, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, e.fd, 0)
-        op_addr = proc.alloc(PAGE_SIZE)
-        run = uapi.sgx_enclave_run(tcs=e.tcs)
+    with _augmentable(image, pages + 1) as (proc, start, op_addr, run):
         op = P.encl_op_eaccept(P.encl_op_header(P.ENCL_OP_EACCEPT), 0, SECINFO_REG_RW_PENDING, 0)
         enter = proc.main.vdso_sgx_enter_enclave
         faults = proc.page_faults
