@@ -116,16 +116,7 @@ _PAGEINFO = struct.Struct("<4Q")
 
 def read_pageinfo(cpu: Processor, mem: AddressSpace, lin: int) -> tuple[int, int, int, int]:
     """PAGEINFO at `lin`: (LINADDR, SRCPGE, SECINFO or PCMD, SECS)."""
-    if (
-        type(mem) is FlatMemory
-        and not mem.overrides
-        and not mem.epc_base <= lin < mem.epc_end
-        and lin & _OFFSET_MASK <= 4096 - 32
-    ):
-        data = mem.read(lin, 32)  # (`read_operand`'s fast path inlined: a call per leaf)
-    else:
-        data = read_operand(cpu, mem, lin, 32, False)
-    pageinfo: tuple[int, int, int, int] = _PAGEINFO.unpack(data)
+    pageinfo: tuple[int, int, int, int] = _PAGEINFO.unpack(read_operand(cpu, mem, lin, 32, False))
     return pageinfo
 
 

@@ -18,7 +18,7 @@ from .encls import encls_failed
 from .epc import SgxEpcPage
 from .errors import KernelError
 from .mman import PROT_READ, PROT_WRITE
-from .vma import VM_ACCESS_FLAGS, Mm, Vma
+from .vma import VM_ACCESS_FLAGS, Mm, Vma, calc_vm_prot_bits
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -162,8 +162,7 @@ def sgx_encl_page_alloc(encl: SgxEncl, offset: int, secinfo_flags: int) -> SgxEn
     prot = secinfo_flags & (SGX_SECINFO_R | SGX_SECINFO_W | SGX_SECINFO_X)  # same bit values
     if secinfo_flags & SGX_SECINFO_PAGE_TYPE_MASK == SGX_SECINFO_TCS:
         prot |= PROT_READ | PROT_WRITE  # TCS SECINFO perms are always 0, the CPU needs RW
-    vm_max_prot_bits = prot & VM_ACCESS_FLAGS  # (`calc_vm_prot_bits` inlined)
-    return SgxEnclPage(encl.base + offset, encl, vm_max_prot_bits)
+    return SgxEnclPage(encl.base + offset, encl, calc_vm_prot_bits(prot))
 
 
 # sgx_encl_free_epc_page (encl.c): EREMOVE, and only on success back to the free list
@@ -316,7 +315,7 @@ def vmf_insert_pfn(m: Machine, vma: Vma, addr: int, entry: SgxEnclPage) -> int:
 
 # sgx_encl_eaug_page (encl.c), with the SECS reload of the 2023 fix
 def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
-    if not encl.flags & SGX_ENCL_INITIALIZED:  # (encl.test inlined: a fault per EAUG)
+    if not encl.test(SGX_ENCL_INITIALIZED):
         return VM_FAULT_SIGBUS
     policy = m.policy
     # The policy gives the maximum (RWX since Linux 6.0: EACCEPT/EMODPE decide the EPCM rights).

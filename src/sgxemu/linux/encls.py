@@ -135,12 +135,7 @@ class Encls:
         return self._leaf(EnclsLeaf.EDBGWR, value, addr)
 
     def eaug(self, addr: int, secs: int, epc: int) -> int:
-        # (`_pageinfo` and `_leaf` inlined: one EAUG per fault)
-        self.mem.write(_PAGEINFO, _PAGEINFO_FMT.pack(addr, 0, 0, secs))
-        try:
-            return self.cpu.encls(_EAUG, _PAGEINFO, epc, 0, mem=self.mem)
-        except SgxFault as fault:
-            return SGX_ENCLS_FAULT_FLAG | int(fault.vector)
+        return self._leaf(_EAUG, self._pageinfo(addr, 0, 0, secs), epc)
 
     def emodpr(self, secinfo_flags: int, epc: int) -> int:
         self.mem.write(_SECINFO, secinfo(secinfo_flags))

@@ -68,12 +68,9 @@ class SgxEpc:
 
     # __sgx_alloc_epc_page (main.c)
     def _alloc_free(self) -> SgxEpcPage | None:
-        index = self._next_fresh
-        if index < self.npages:
-            self._next_fresh = index + 1
-            page = self.pages.get(index)  # (`page` inlined: one call per allocation)
-            if page is None:
-                page = self.pages[index] = SgxEpcPage(index, self._epc_base + (index << 12))
+        if self._next_fresh < self.npages:
+            page = self.page(self._next_fresh)
+            self._next_fresh += 1
         elif self._freed:
             page = self._freed.popleft()
         else:
@@ -107,7 +104,7 @@ class SgxEpc:
                 break
             self.reclaim_pages()
             self.cond_resched(current)
-        if self.nr_free_pages < SGX_NR_LOW_PAGES and self.active:  # (`should_reclaim` inlined)
+        if self.should_reclaim(SGX_NR_LOW_PAGES):
             self.wake_ksgxd()
         if error or page is None:
             raise KernelError(error)

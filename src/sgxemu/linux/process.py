@@ -206,7 +206,6 @@ class Thread:
         if kernel and (addr + size > TASK_SIZE or addr + size < addr):
             raise KernelError(errno.EFAULT)  # access_ok
         epc = self.machine.cpu.epc
-        epc_base, epc_end = epc.base, epc.end  # (`epc.index(pa) >= 0` inlined)
         mem = self.process.mm.mem
         write = data is not None
         out = bytearray()
@@ -216,7 +215,7 @@ class Thread:
             n = min(size - pos, PAGE_SIZE - (a & ~PAGE_MASK))
             pte = self._page(a, write, kernel)
             # Outside enclave mode EPC reads as all ones and writes are dropped (abort page).
-            in_epc = epc_base <= pte & PTE_ADDR_MASK < epc_end
+            in_epc = epc.index(pte & PTE_ADDR_MASK) >= 0
             if data is None:
                 chunk = b"\xff" * n if in_epc else mem.read(a, n)
                 if n == size:

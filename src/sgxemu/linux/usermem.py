@@ -84,12 +84,7 @@ class UserMemory:
         ptes = self.ptes
         if page in ptes or page in self.frames:  # (else `_drop` has nothing to drop)
             self._drop(page)
-        # (`pte_for` inlined: one call per fault)
-        if prot & (PROT_READ | PROT_WRITE | PROT_EXEC):
-            pa |= PTE_P | PTE_U | (PTE_W if prot & PROT_WRITE else 0)
-            ptes[page] = pa if prot & PROT_EXEC else pa | PTE_XD
-        else:
-            ptes[page] = 0
+        ptes[page] = pte_for(pa, prot)
 
     def unmap(self, lin: int, size: int) -> None:
         for page in range(lin >> PAGE_SHIFT, (lin + size + PAGE_SIZE - 1) >> PAGE_SHIFT):

@@ -126,9 +126,6 @@ class Mm:
 
     def vma_lookup(self, addr: int) -> Vma | None:
         """The VMA containing `addr`, if any."""
-        vma = self._cached
-        if vma is not None and vma.start <= addr < vma.end:
-            return vma  # (`find_vma`'s cache hit inlined: one call per fault)
         vma = self.find_vma(addr)
         return vma if vma is not None and vma.start <= addr else None
 

@@ -8,7 +8,6 @@ from ...arch.constants import SECINFO_SIZE, Attribute, EnclsLeaf, PageType
 from ..epcm import PENDING, EpcmEntry, insert_at_free_index
 from ..faults import GeneralProtection
 from ..leaves import encls_leaf
-from ..memory import FlatMemory
 from ..operands import epc_page, epcm_fault, read_operand, read_pageinfo
 
 if TYPE_CHECKING:
@@ -29,14 +28,7 @@ def eaug(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
         raise GeneralProtection()
     if rcx & 0xFFF:
         raise GeneralProtection()
-    epc = cpu.epc
-    # (`epc_page`'s direct-map fast path inlined for both EPC operands, page aligned here: the
-    # kernel issues an EAUG per fault)
-    flat = mem if type(mem) is FlatMemory else None
-    if flat is not None and flat.direct_lo <= rcx < flat.direct_hi and epc.base <= rcx < epc.end:
-        index = (rcx - epc.base) >> 12
-    else:
-        index = epc_page(cpu, mem, rcx, True, False)
+    index = epc_page(cpu, mem, rcx, True, False)
     linaddr, srcpge, secinfo, secs_addr = read_pageinfo(cpu, mem, rbx)
     if secinfo & 63:  # SECINFO_ALIGN (an absent SECINFO, 0, is aligned)
         raise GeneralProtection()
@@ -46,14 +38,7 @@ def eaug(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
         raise GeneralProtection()
     if srcpge:
         raise GeneralProtection()
-    if (
-        flat is not None
-        and flat.direct_lo <= secs_addr < flat.direct_hi
-        and epc.base <= secs_addr < epc.end
-    ):
-        secs_index = (secs_addr - epc.base) >> 12
-    else:
-        secs_index = epc_page(cpu, mem, secs_addr, False, False)
+    secs_index = epc_page(cpu, mem, secs_addr, False, False)
     epcm = cpu.epcm
     if index in epcm:
         raise epcm_fault(rcx, write=True)
@@ -71,8 +56,7 @@ def eaug(cpu: Processor, mem: AddressSpace, rbx: int, rcx: int, rdx: int) -> int
         raise GeneralProtection()
     if not secs.baseaddr <= linaddr < secs.baseaddr + secs.size:  # secs.in_elrange(linaddr)
         raise GeneralProtection()
-    if index in epc.dirty:  # (else `zero` has nothing to do: the page reads as zero)
-        epc.zero(index)
+    cpu.epc.zero(index)
     entry = EpcmEntry(_PT_REG, secs, linaddr, _RW, PENDING)
     insert_at_free_index(epcm, index, entry)
     secs.chldcnt += 1
