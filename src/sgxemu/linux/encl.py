@@ -321,11 +321,10 @@ def sgx_encl_eaug_page(m: Machine, vma: Vma, encl: SgxEncl, addr: int) -> int:
     # The policy gives the maximum (RWX since Linux 6.0: EACCEPT/EMODPE decide the EPCM rights).
     encl_page = sgx_encl_page_alloc(encl, (addr & PAGE_MASK) - encl.base, policy.eaug_secinfo)
     reclaim = policy.eaug_reclaim  # False since "Support VA page allocation without reclaiming"
-    if encl.secs.epc_page is None:  # (else `sgx_encl_load_secs` has nothing to do)
-        try:
-            sgx_encl_load_secs(m, encl)
-        except KernelError as e:
-            return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
+    try:
+        sgx_encl_load_secs(m, encl)
+    except KernelError as e:
+        return VM_FAULT_NOPAGE if e.errno == errno.EBUSY else VM_FAULT_SIGBUS
     try:
         epc_page = m.epc.alloc(encl_page, reclaim)
     except KernelError as e:

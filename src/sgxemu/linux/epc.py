@@ -49,7 +49,6 @@ class SgxEpc:
         self.cpu = cpu
         self.npages = cpu.epc.npages
         self.pages: dict[int, SgxEpcPage] = {}
-        self._epc_base = cpu.epc.base  # a page's address: base + (index << 12) (`Epc.address`)
         self._next_fresh = 0  # pages never handed out yet sit at the head of the free list
         self._freed: deque[SgxEpcPage] = deque()
         self.nr_free_pages = self.npages
@@ -63,7 +62,7 @@ class SgxEpc:
     def page(self, index: int) -> SgxEpcPage:
         page = self.pages.get(index)
         if page is None:
-            page = self.pages[index] = SgxEpcPage(index, self._epc_base + (index << 12))
+            page = self.pages[index] = SgxEpcPage(index, self.cpu.epc.address(index))
         return page
 
     # __sgx_alloc_epc_page (main.c)
