@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sgxemu import uapi
 from sgxemu.arch.constants import PAGE_SIZE
 from sgxemu.arch.structs import Sigstruct
-from sgxemu.linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_NONE
+from sgxemu.linux.load import encl_map_area
 from sgxemu.linux.process import Process
 from sgxemu.loader.errors import PartialMeasurementError, UnsignedEnclaveError
 from sgxemu.loader.plan import EnclavePlan
@@ -82,13 +82,7 @@ def load_plan(
     cleanup: list[tuple[int, int]] = []
     fd = proc.open("/dev/sgx_enclave", os.O_RDWR)
     try:
-        # A naturally aligned ELRANGE: 2 * size PROT_NONE, keep the aligned middle (load.c).
-        area = proc.mmap(0, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
-        base = (area + size - 1) & ~(size - 1)
-        if base > area:
-            proc.munmap(area, base - area)
-        if area + 2 * size > base + size:
-            proc.munmap(base + size, area + 2 * size - (base + size))
+        base = encl_map_area(proc, size)  # a naturally aligned ELRANGE, as load.c reserves it
         cleanup.append((base, size))
         args = proc.alloc(3 * PAGE_SIZE)  # SECS, SECINFO, SIGSTRUCT
         cleanup.append((args, 3 * PAGE_SIZE))
