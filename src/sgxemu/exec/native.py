@@ -88,7 +88,7 @@ from ..hw.lp import LogicalProcessor
 from ..hw.memory import PTE_ADDR_MASK, AddressSpace, page_table_of
 from ..hw.operands import canonical
 from ..hw.processor import Processor
-from ..hw.regs import Reg, RegisterFile, xsave_init_legacy
+from ..hw.regs import MASK64, Reg, RegisterFile, xsave_init_legacy
 from .engine import EngineExit, ExitKind
 from .fault_addr import FaultDecoder, exact_address
 from .native_regs import _LIB, RawRegs, UcRegisterView
@@ -164,7 +164,6 @@ _SCANS = weakref.WeakKeyDictionary()
 
 # Module-level copies of the registers the hot paths use (enum attribute lookups are slow).
 _RIP = Reg.RIP
-_MASK64 = (1 << 64) - 1
 
 # Why a run stopped early (besides a fault).
 _STOP_EEXIT = 1
@@ -762,7 +761,7 @@ class NativeEngine:
                 # #UD (cheaper than uc_emu_stop); the next run starts from the view anyway.
                 self._stop = _STOP_EEXIT
                 return False
-            regs.values[_RIP] = (rip + i + 3) & _MASK64  # (loaded: the leaf ran on the view)
+            regs.values[_RIP] = (rip + i + 3) & MASK64  # (loaded: the leaf ran on the view)
             regs.dirty = True
             regs.sync()
             return True

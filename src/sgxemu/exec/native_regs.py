@@ -22,10 +22,9 @@ from typing import Any
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uclib
 
-from ..hw.regs import Reg
+from ..hw.regs import MASK64, Reg
 
 _U64 = ctypes.c_uint64
-MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 # Unicorn register ids in `Reg` order (GPRSGX order, then RFLAGS, RIP, FS/GS bases).
 UC_REG_IDS: tuple[int, ...] = (

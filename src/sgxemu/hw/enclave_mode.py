@@ -31,7 +31,7 @@ from .epcm import ENTRY_CHANGES, UNUSABLE, Epcm, EpcmEntry
 from .faults import GeneralProtection
 from .memory import PageTable, page_table_of
 from .operands import CANONICAL_HIGH, epc_page, epcm_fault
-from .regs import TF, Reg
+from .regs import MASK64, TF, Reg
 
 if TYPE_CHECKING:
     from .lp import LogicalProcessor
@@ -56,7 +56,6 @@ _INACTIVE_BYTES = U64.pack(TcsState.INACTIVE)
 _PT_TCS = PageType.PT_TCS
 _PT_REG = PageType.PT_REG
 _OFFSET_MASK = PAGE_SIZE - 1
-_MASK64 = 0xFFFF_FFFF_FFFF_FFFF  # register writes wrap (RegisterFile.__setitem__ does)
 # Module-level copies of the registers (an enum class attribute lookup costs a dict miss).
 _RAX = Reg.RAX
 _RCX = Reg.RCX
@@ -458,7 +457,7 @@ def enter_at_oentry(
     enter(cpu, lp, values, entry)
     gpr = (entry.gpr_index << PAGE_SHIFT) + entry.gpr_offset
     _URSP_URBP.pack_into(cpu.epc.buffer, gpr + GPRSGX_OFF_URSP, values[_RSP], values[_RBP])
-    values[_RCX] = (values[_RIP] + 3) & _MASK64  # the instruction after ENCLU
+    values[_RCX] = (values[_RIP] + 3) & MASK64  # the instruction after ENCLU
     values[_RAX] = entry.tcs.cssa
     # (check_entry found these three canonical: < 2^64)
     values[_RIP], values[_FSBASE], values[_GSBASE] = entry[8:]

@@ -46,6 +46,7 @@ AF = 1 << 4
 ZF = 1 << 6
 SF = 1 << 7
 TF = 1 << 8
+MASK64 = (1 << 64) - 1  # register values are 64-bit: a write wraps
 IF = 1 << 9
 DF = 1 << 10
 OF = 1 << 11

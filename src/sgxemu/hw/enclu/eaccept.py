@@ -24,7 +24,7 @@ from ..epcm import BLOCKED, MODIFIED, PENDING, PR, UNUSABLE, R
 from ..faults import GeneralProtection
 from ..leaves import enclu_leaf
 from ..operands import epc_page, epcm_fault
-from ..regs import Reg, set_result
+from ..regs import MASK64, Reg, set_result
 
 if TYPE_CHECKING:
     from ..lp import LogicalProcessor
@@ -50,7 +50,6 @@ _SUCCESS = SgxError.SUCCESS
 _OFFSET_MASK = PAGE_SIZE - 1
 _ZERO_RESERVED = bytes(SECINFO_SIZE - 8)  # SECINFO bytes 8..63 must be zero
 _U64 = struct.Struct("<Q")
-_MASK64 = (1 << 64) - 1  # RIP wraps as a register write does
 # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFSBASGX, OGSBASGX, FSLIMIT, GSLIMIT.
 _TCS = struct.Struct("<QQQIIQQQQII")
 
@@ -108,7 +107,7 @@ def _check_tcs(cpu: Processor, index: int, secs: SecsState) -> None:
 def _finish(regs: RegisterFile, values: list[int], code: int) -> None:
     """RAX and RFLAGS for `code`, then RIP past the ENCLU (`values`: from `regs.get_all`)."""
     set_result(values, code)
-    values[_RIP] = (values[_RIP] + 3) & _MASK64
+    values[_RIP] = (values[_RIP] + 3) & MASK64
     regs.set_all(values)
 
 
