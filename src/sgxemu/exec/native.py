@@ -1011,8 +1011,7 @@ class NativeEngine:
         """AEX for `fault` with RIP at `rip` (default: the current RIP). `held`: the ENCLU hook
         stopped the run (a leaf's fault, or #UD): QEMU itself raised only #UD."""
         regs = self._regs
-        if not regs.loaded:
-            regs.load_all()
+        regs.load_all()
         if rip is not None:
             regs[_RIP] = rip
         if not held:
